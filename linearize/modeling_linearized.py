@@ -103,7 +103,9 @@ class LinearizedAttention(nn.Module):
         B, T, _ = hidden_states.shape
         q_raw, k_raw, v = self._project(hidden_states)
         cos, sin = position_embeddings
-        q_rope, k_rope = apply_rope(q_raw, k_raw, cos, sin)  # unused on the kernel path: it rotates inside
+        use_kernel = self.attention_mode != "teacher" and self._use_kernel(q_raw)
+        # The kernel rotates inside; the reference and the teacher path take rotated q/k.
+        q_rope, k_rope = (None, None) if use_kernel else apply_rope(q_raw, k_raw, cos, sin)
         padding = kwargs.get(PADDING_MASK_KWARG)
         key_valid = padding[:, -T:].bool() if padding is not None and padding.dim() == 2 else None
         if key_valid is not None and bool(key_valid.all()):
@@ -115,7 +117,7 @@ class LinearizedAttention(nn.Module):
             state = cache.get_state(self.layer_idx) if isinstance(cache, LinearizedCache) else None
             if state is None and isinstance(cache, LinearizedCache):
                 state = self.core.empty_state(B, hidden_states.device, k_rope.dtype)
-            if self._use_kernel(q_raw):
+            if use_kernel:
                 out, new_state = hybrid_attention_kernel(
                     self.core, q_raw, k_raw, v, cos, sin, hidden_states, self.scaling, key_valid, self.softcap, state
                 )
@@ -127,6 +129,8 @@ class LinearizedAttention(nn.Module):
             if isinstance(cache, LinearizedCache):
                 cache.set_state(self.layer_idx, new_state, T)
             if self.attention_mode == "transfer":
+                if q_rope is None:
+                    q_rope, k_rope = apply_rope(q_raw, k_raw, cos, sin)
                 with torch.no_grad():
                     target = self.core.teacher_output(
                         q_rope, k_rope, v, self.scaling, key_valid, self.softcap, self.teacher_window
