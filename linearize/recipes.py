@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from .attention_variants import AttentionSpec
 
@@ -115,14 +115,15 @@ class Recipe(_Strict):
     data: DataSettings = Field(default_factory=DataSettings)
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _check_layers(self):
-        negative = [i for i in self.softmax_layers if i < 0]
+    @field_validator("softmax_layers")
+    @classmethod
+    def _check_layers(cls, layers: list[int]) -> list[int]:
+        negative = [i for i in layers if i < 0]
         if negative:
-            raise ValueError(f"softmax_layers: negative layer index {negative}")
-        if len(set(self.softmax_layers)) != len(self.softmax_layers):
-            raise ValueError("softmax_layers: duplicate layer index")
-        return self
+            raise ValueError(f"negative layer index {negative}")
+        if len(set(layers)) != len(layers):
+            raise ValueError("duplicate layer index")
+        return layers
 
     def check_model(self, num_layers: int, source: str | Path | None = None) -> None:
         """Raise :class:`RecipeError` if the recipe names a layer the model does not have."""
@@ -156,11 +157,11 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 def _format_errors(path: Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{path}: {key}: {msg}")
+        lines.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
     return "\n".join(lines)
 
 

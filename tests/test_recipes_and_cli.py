@@ -1,0 +1,155 @@
+"""Recipes (typed, validated, shipped) and the CLI's expected failures."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from linearize.cli import main
+from linearize.recipes import RecipeError, load_recipe, shipped_recipes
+from tiny_models import tiny_model
+
+
+def _write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_recipes_load_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert {"liger-gla", "lizard", "lolcats", "gla", "swa"} <= set(shipped_recipes())
+    lizard = load_recipe("lizard")
+    assert lizard.transfer is not None and lizard.transfer.lr == 1e-3
+    assert lizard.recovery.lora.alpha == 16 and lizard.recovery.lr == 5e-4 and lizard.recovery.seq_len == 2048
+    liger = load_recipe("liger-gla")
+    assert liger.transfer is None and liger.recovery.loss == "ce" and liger.recovery.lora.alpha == 8
+    assert load_recipe("lolcats").transfer.lr == 1e-2
+
+
+def test_recipe_by_path_with_defaults(tmp_path):
+    path = _write(tmp_path, "attention:\n  window: 32\n")
+    recipe = load_recipe(str(path))
+    assert recipe.name == "r" and recipe.attention.window == 32
+    assert recipe.attention.gate == "key"  # default from AttentionSpec
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("attention:\n  windw: 32\n", r"r\.yaml: attention\.windw: unknown key"),
+        ("attention:\n  window: many\n", r"r\.yaml: attention\.window: .*integer"),
+        ("attention:\n  window: 0\n", r"r\.yaml: attention: window: must be > 0"),
+        ("softmax_layers: [-1]\n", r"r\.yaml: softmax_layers: negative"),
+        ("recovery:\n  lora:\n    rank: 0\n", r"r\.yaml: recovery\.lora\.rank: .*greater than 0"),
+        ("- a list\n", r"r\.yaml: a recipe is a mapping"),
+    ],
+)
+def test_bad_recipe_names_file_and_key(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(str(path))
+
+
+def test_unknown_recipe_name_lists_shipped_ones():
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'.*liger-gla.*lizard"):
+        load_recipe("nope")
+
+
+def test_softmax_layer_beyond_depth_names_key_and_file(tmp_path):
+    recipe = load_recipe(str(_write(tmp_path, "softmax_layers: [7]\n")))
+    with pytest.raises(RecipeError, match=r"r\.yaml: softmax_layers: layer \[7\] beyond the model's depth \(3 layers"):
+        recipe.check_model(3, tmp_path / "r.yaml")
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def test_help_lists_subcommands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "convert", "recipes"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["./no/such/model"], "error: model path not found"),
+        (["convert", "/no/such.gguf", "--out", "OUT"], "error: model path not found: /no/such.gguf"),
+        (["--recipe", "nope"], "error: unknown recipe 'nope'"),
+    ],
+)
+def test_expected_failures_exit_2_with_one_line(tmp_path, args, message):
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_model_is_refused_and_nothing_written(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    _tokenizer_dir(tmp_path / "gpt2")
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "gpt2"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "cannot linearize GPT2LMHeadModel" in result.output and "LlamaForCausalLM" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_layer_index_leaves_previous_output_untouched(tmp_path):
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    _tokenizer_dir(model_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous run")
+    recipe = _write(tmp_path, "softmax_layers: [9]\n")
+    result = CliRunner().invoke(main, ["convert", str(model_dir), "--recipe", str(recipe), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "softmax_layers: layer [9] beyond the model's depth" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+def test_convert_command_writes_a_loadable_model(tmp_path):
+    model_dir = tmp_path / "tiny"
+    tiny_model("mistral").save_pretrained(model_dir)
+    _tokenizer_dir(model_dir)
+    result = CliRunner().invoke(main, ["convert", str(model_dir), "--recipe", "lizard", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    import json
+
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["model_type"] == "linearized_mistral"
+    assert config["linearization"]["recipe"] == "lizard"
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_installed_entry_point_exit_code(tmp_path):
+    """The real console script, in its own process."""
+    exe = Path(sys.executable).with_name("linearize")
+    proc = subprocess.run(
+        [str(exe), "convert", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model path not found")
+
+
+def _tokenizer_dir(path: Path) -> None:
+    """A minimal word-level tokenizer saved next to a tiny model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(60)}, "<unk>": 63}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)

@@ -1,0 +1,137 @@
+"""Surgery on every supported family: exact layers, shared weights, teacher equivalence, round trip."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import linearize
+from linearize import AttentionSpec, UnsupportedModelError, linearize_model
+from linearize.modeling_linearized import LinearizedAttention
+from linearize.pipeline import convert
+from linearize.recipes import load_recipe
+from tiny_models import FAMILIES, tiny_model
+
+
+def _layer_inputs(model, T=40, seed=0):
+    """Hidden states and RoPE for layer 0 of a family model, built the way the model builds them."""
+    torch.manual_seed(seed)
+    hidden = torch.randn(2, T, model.config.hidden_size)
+    position_ids = torch.arange(T)[None].expand(2, -1)
+    rotary = model.model.rotary_emb
+    layer_type = getattr(model.model.layers[0].self_attn, "layer_type", None)
+    if layer_type is not None and hasattr(rotary, "layer_types"):  # Gemma3: one RoPE per layer type
+        cos_sin = rotary(hidden, position_ids, layer_type)
+    else:
+        cos_sin = rotary(hidden, position_ids)
+    return hidden, cos_sin
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_swa_with_full_window_reproduces_the_teacher_layer(family):
+    """SWA-only with window >= T is the teacher's own attention (transformers' implementation)."""
+    teacher = tiny_model(family)
+    hidden, cos_sin = _layer_inputs(teacher)
+    T = hidden.shape[1]
+    causal = torch.full((T, T), float("-inf")).triu(1)[None, None].expand(2, 1, T, T)
+    with torch.no_grad():
+        expected, _ = teacher.model.layers[0].self_attn(hidden, position_embeddings=cos_sin, attention_mask=causal)
+    student = linearize_model(copy.deepcopy(teacher), AttentionSpec(branches="window", window=T))
+    with torch.no_grad():
+        got, _ = student.model.layers[0].self_attn(hidden, position_embeddings=cos_sin, attention_mask=None)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_swa_model_matches_teacher_logits(family):
+    teacher = tiny_model(family)
+    ids = torch.randint(3, 128, (2, 33))
+    with torch.no_grad():
+        expected = teacher(ids, use_cache=False).logits
+        student = linearize_model(copy.deepcopy(teacher), AttentionSpec(branches="window", window=64))
+        got = student(ids, use_cache=False).logits
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_surgery_converts_exactly_the_intended_layers_and_shares_weights():
+    teacher = tiny_model("qwen3", num_hidden_layers=4)
+    projections = [
+        {name: getattr(layer.self_attn, name).weight for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        for layer in teacher.model.layers
+    ]
+    norms = [layer.self_attn.q_norm.weight for layer in teacher.model.layers]
+    teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    student = linearize_model(teacher, AttentionSpec(), softmax_layers=[1, 3], recipe="liger-gla")
+    kinds = [type(layer.self_attn) is LinearizedAttention for layer in student.model.layers]
+    assert kinds == [True, False, True, False]
+    assert student.config.linearization["layer_types"] == ["linear_hybrid", "softmax", "linear_hybrid", "softmax"]
+    assert student.config.linearization["softmax_layers"] == [1, 3]
+    assert type(student).__name__ == "LinearizedQwen3ForCausalLM"
+    assert student.config.model_type == "linearized_qwen3"
+    for layer, weights, q_norm in zip(student.model.layers, projections, norms):
+        for name, weight in weights.items():
+            assert getattr(layer.self_attn, name).weight is weight  # shared, not copied
+        assert layer.self_attn.q_norm.weight is q_norm
+    # Liger-GLA adds no parameters at all.
+    assert sum(p.numel() for p in student.parameters()) == teacher_parameters
+
+
+@pytest.mark.parametrize(
+    "family,recipe", [("llama", "lizard"), ("gemma2", "lolcats"), ("qwen2", "liger-gla"), ("gemma3_text", "lizard")]
+)
+def test_saved_converted_model_reloads_with_identical_logits(tmp_path, family, recipe):
+    loaded = type("Loaded", (), {})()
+    loaded.model, loaded.name = tiny_model(family), "tiny"
+    convert(loaded, load_recipe(recipe))
+    with torch.no_grad():
+        for p in loaded.model.parameters():  # make sure new parameters are saved, not re-initialised
+            p.add_(0.01 * torch.randn_like(p))
+    ids = torch.randint(3, 128, (2, 20))
+    with torch.no_grad():
+        expected = loaded.model(ids, use_cache=False).logits
+    loaded.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is type(loaded.model)
+    assert reloaded.config.linearization == loaded.model.config.linearization
+    with torch.no_grad():
+        got = reloaded(ids, use_cache=False).logits
+    assert torch.equal(got, expected)
+
+
+def test_unsupported_architecture_is_refused_untouched():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*supported: LlamaForCausalLM"):
+        linearize_model(model, AttentionSpec())
+    assert type(model) is GPT2LMHeadModel and getattr(model.config, "linearization", None) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_softmax_layer_beyond_depth_is_refused_before_any_change():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="softmax_layers.*3 layers"):
+        linearize_model(model, AttentionSpec(), softmax_layers=[5])
+    assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_auto_classes_are_registered():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("linearized_llama")
+    assert type(config).__name__ == "LinearizedLlamaConfig"
+    assert linearize.SUPPORTED_FAMILIES == ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+
+
+@pytest.mark.parametrize("recipe", ["liger-gla", "lizard", "lolcats"])
+def test_real_offline_teacher_converts_with_each_recipe(smollm2, recipe):
+    loaded = copy.copy(smollm2)
+    loaded.model = copy.deepcopy(smollm2.model)
+    convert(loaded, load_recipe(recipe))
+    assert type(loaded.model).__name__ == "LinearizedLlamaForCausalLM"
+    assert sum(isinstance(m, LinearizedAttention) for m in loaded.model.modules()) == 30
+    ids = smollm2.tokenizer("Linear attention keeps a constant-size state.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = loaded.model(ids, use_cache=False).logits
+    assert logits.shape == (1, ids.shape[1], 49152)
+    assert torch.isfinite(logits).all()
