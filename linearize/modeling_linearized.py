@@ -116,7 +116,7 @@ class LinearizedAttention(nn.Module):
         else:
             state = cache.get_state(self.layer_idx) if isinstance(cache, LinearizedCache) else None
             if state is None and isinstance(cache, LinearizedCache):
-                state = self.core.empty_state(B, hidden_states.device, k_rope.dtype)
+                state = self.core.empty_state(B, hidden_states.device, k_raw.dtype)
             if use_kernel:
                 out, new_state = hybrid_attention_kernel(
                     self.core, q_raw, k_raw, v, cos, sin, hidden_states, self.scaling, key_valid, self.softcap, state

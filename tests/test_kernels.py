@@ -1,0 +1,195 @@
+"""Triton kernels vs the PyTorch reference (HybridAttentionCore), on CPU under TRITON_INTERPRET=1.
+
+Each case covers several dimensions at once (T in {1, 17, 64, 100, 300}, window 64/128, head dim
+64/128, GQA groups 1 and 3, batch 2 with left padding, fp32 and fp16) instead of the full cross
+product, so the file stays within its time budget (~2-3 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from linearize.attention_variants import AttentionSpec, HybridAttentionCore
+from linearize.kernels import INTERPRET, _apply_rope, hybrid_attention_kernel, kernel_fallback_reason
+
+HIDDEN = 32
+
+
+def _rope_tables(B, T, D, offset=0):
+    pos = torch.arange(offset, offset + T).float()
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    ang = torch.outer(pos, inv)
+    ang = torch.cat([ang, ang], -1)
+    return ang.cos()[None].expand(B, T, D), ang.sin()[None].expand(B, T, D)
+
+
+def _inputs(B, H, HKV, T, D, pad, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(B, H, T, D, generator=g) * 2).to(dtype)
+    k = (torch.randn(B, HKV, T, D, generator=g) * 2).to(dtype)
+    v = torch.randn(B, HKV, T, D, generator=g).to(dtype)
+    hidden = torch.randn(B, T, HIDDEN, generator=g).to(dtype)
+    cos, sin = _rope_tables(B, T, D)
+    key_valid = None
+    if pad:
+        key_valid = torch.ones(B, T, dtype=torch.bool)
+        key_valid[1, : max(1, T // 5)] = False  # left padding on row 1
+        if T == 1:
+            key_valid[1, 0] = True
+    return q, k, v, hidden, cos.to(dtype), sin.to(dtype), key_valid
+
+
+def _reference(core, q, k, v, cos, sin, hidden, scale, key_valid, state=None, recurrent=False):
+    return core(q, k, v, _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), hidden, scale, key_valid, None, state,
+                recurrent=recurrent)
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def test_interpreter_is_on():
+    assert INTERPRET, "tests/conftest.py must set TRITON_INTERPRET=1 before triton is imported"
+
+
+# (branches, gate, T, window, D, H, HKV, pad)
+TRAIN_CASES = [
+    ("hybrid", "key", 300, 64, 64, 3, 1, True),     # Liger-GLA, long, G=3, padding
+    ("hybrid", "key", 100, 128, 128, 2, 2, True),   # window 128, D 128, G=1, padding
+    ("hybrid", "key", 17, 64, 128, 6, 2, False),    # short ragged T, D 128, G=3
+    ("hybrid", "key", 1, 64, 64, 3, 1, False),      # T = 1 training
+    ("linear", "key", 64, 64, 64, 3, 1, True),      # GLA only, key gate
+    ("linear", "none", 100, 64, 128, 2, 2, False),  # GLA only, no gate
+    ("window", "key", 300, 128, 64, 3, 1, True),    # SWA only, window 128
+]
+
+
+@pytest.mark.parametrize("branches,gate,T,window,D,H,HKV,pad", TRAIN_CASES)
+def test_forward_backward_fp32(branches, gate, T, window, D, H, HKV, pad):
+    spec = AttentionSpec(branches=branches, gate=gate, window=window)
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    B, scale = 2, 1.0 / math.sqrt(D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, pad)
+    assert kernel_fallback_reason(core, q, v) is None
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    out, st = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, scale, key_valid, None, None)
+    assert st is None and out.shape == (B, H, T, D) and out.dtype == v.dtype
+    ref, _ = _reference(core, q, k, v, cos, sin, hidden, scale, key_valid)
+    do = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, leaves, do)
+    ref_grads = torch.autograd.grad(ref, leaves, do)
+    assert _rel(out, ref) <= 1e-4
+    for name, g, rg in zip("qkv", grads, ref_grads):
+        assert _rel(g, rg) <= 1e-4, name
+    if key_valid is not None and not key_valid.all():  # padded rows give exactly zero output and no gradient at padding
+        assert out[~key_valid[:, None, :].expand(B, H, T)].abs().max() == 0
+        assert grads[2].permute(0, 2, 1, 3)[~key_valid].abs().max() == 0
+
+
+def test_forward_backward_fp16():
+    spec = AttentionSpec()  # Liger-GLA
+    B, H, HKV, T, D = 2, 3, 1, 64, 64
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True, dtype=torch.float16)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, 0.125, key_valid, None, None)
+    assert out.dtype == torch.float16
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half()
+    grads = torch.autograd.grad(out, leaves, do)
+    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
+    ref_grads = torch.autograd.grad(ref, f32, do.float())
+    assert _rel(out, ref) <= 5e-3
+    for name, g, rg in zip("qkv", grads, ref_grads):
+        assert g.dtype == torch.float16 and _rel(g, rg) <= 1e-2, name
+
+
+def test_padding_matches_row_alone():
+    """Left padding in a batch gives the same result as the row alone (varying lengths)."""
+    spec = AttentionSpec()
+    H, HKV, T, D, P = 3, 1, 40, 64, 9
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    q, k, v, hidden, cos, sin, _ = _inputs(2, H, HKV, T, D, False)
+    key_valid = torch.ones(2, T, dtype=torch.bool)
+    key_valid[1, :P] = False
+    q[1, :, :P] = 100.0  # garbage in the padding must not leak
+    k[1, :, :P] = -100.0
+    v[1, :, :P] = 1e3
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, 0.125, key_valid, None, None)
+    alone, _ = hybrid_attention_kernel(core, q[1:, :, P:], k[1:, :, P:], v[1:, :, P:], cos[1:, P:], sin[1:, P:],
+                                       hidden[1:, P:], 0.125, None, None, None)
+    assert _rel(out[1:, :, P:], alone) <= 1e-5
+    assert out[1, :, :P].abs().max() == 0
+
+
+@pytest.mark.parametrize("branches,window,D,H,HKV", [("hybrid", 64, 128, 6, 2), ("linear", 64, 64, 3, 1),
+                                                     ("window", 128, 64, 3, 3)])
+def test_prefill_then_decode(branches, window, D, H, HKV):
+    """Prefill into a fresh state, then single-token decode steps: outputs and every state tensor."""
+    spec = AttentionSpec(branches=branches, window=window)
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    B, T, P, scale = 2, 20, 17, 1.0 / math.sqrt(D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True)
+    with torch.no_grad():
+        st = core.empty_state(B, q.device, q.dtype)
+        ref_st = core.empty_state(B, q.device, q.dtype)
+        sl = slice(0, P)
+        out, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
+                                          hidden[:, sl], scale, key_valid[:, sl], None, st)
+        ref, ref_st = _reference(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
+                                 hidden[:, sl], scale, key_valid[:, sl], ref_st)
+        assert _rel(out, ref) <= 1e-4
+        for t in range(P, T):
+            sl = slice(t, t + 1)
+            assert kernel_fallback_reason(core, q[:, :, sl], v, None, st) is None
+            out, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
+                                              hidden[:, sl], scale, key_valid[:, sl], None, st)
+            ref, ref_st = _reference(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
+                                     hidden[:, sl], scale, key_valid[:, sl], ref_st, recurrent=True)
+            assert _rel(out, ref) <= 1e-4
+        assert set(st) == set(ref_st)
+        for name in ref_st:
+            assert st[name].dtype == ref_st[name].dtype, name
+            if name == "valid":
+                assert torch.equal(st[name], ref_st[name])
+            else:
+                assert _rel(st[name], ref_st[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("variant", ["lizard", "lolcats", "softcap", "filled_window"])
+def test_uncovered_variants_fall_back_to_reference(variant):
+    """Lizard / LoLCATs / softcap / prefill on a non-empty cache: explicit reference, same results and grads."""
+    B, H, HKV, T, D = 2, 3, 1, 17, 64
+    softcap, state = None, None
+    if variant == "lizard":
+        spec = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4,
+                             mix="learned")
+    elif variant == "lolcats":
+        spec = AttentionSpec(feature_map="hedgehog", gate="none", mix="shared")
+    else:
+        spec = AttentionSpec()
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True)
+    if variant == "softcap":
+        softcap = 30.0
+    if variant == "filled_window":
+        state = core.empty_state(B, q.device, q.dtype)
+        state["valid"][:, -3:] = True
+    reason = kernel_fallback_reason(core, q, v, softcap, state)
+    assert reason is not None
+    params = [p for p in core.parameters()]
+    with torch.no_grad() if state is not None else torch.enable_grad():
+        leaves = [x.requires_grad_(state is None) for x in (q, k, v, hidden)]
+        out, _ = hybrid_attention_kernel(core, *leaves[:3], cos, sin, leaves[3], 0.125, key_valid, softcap, state)
+        ref, _ = core(*leaves[:3], _apply_rope(leaves[0], cos, sin), _apply_rope(leaves[1], cos, sin), leaves[3], 0.125,
+                      key_valid, softcap, state)
+    assert torch.equal(out, ref)
+    if state is None:
+        assert bool(params) == (variant in ("lizard", "lolcats")), "Lizard / LoLCATs carry learned parameters"
+        grads = torch.autograd.grad(out.square().sum(), leaves[:3] + params)
+        ref_grads = torch.autograd.grad(ref.square().sum(), leaves[:3] + params)
+        for g, rg in zip(grads, ref_grads):
+            assert torch.allclose(g, rg)
