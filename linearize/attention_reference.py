@@ -40,7 +40,7 @@ def gla_chunked(
     v: torch.Tensor,
     log_gate: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 32,
+    chunk_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal gated linear attention, chunked parallel form.
 
@@ -68,7 +68,9 @@ def gla_chunked(
     diff = gc.unsqueeze(4) - gc.unsqueeze(3)  # (B, Hkv, N, C_t, C_s, F|1)
     decay = torch.exp(diff.masked_fill(~causal[..., None], NEG_INF))
     if per_dim:
-        scores = torch.einsum("bhgntf,bhnsf,bhntsf->bhgnts", qc, kc, decay)
+        # k_s weighted by exp(b_t - b_s) for every t, then one batched matmul with q_t.
+        weighted_k = kc.unsqueeze(3) * decay  # (B, Hkv, N, C_t, C_s, F)
+        scores = torch.matmul(qc.permute(0, 1, 3, 4, 2, 5), weighted_k.transpose(-1, -2)).permute(0, 1, 4, 2, 3, 5)
     else:
         scores = torch.einsum("bhgntf,bhnsf->bhgnts", qc, kc) * decay[..., 0].unsqueeze(2)
     o = torch.einsum("bhgnts,bhnsd->bhgntd", scores, vc)

@@ -45,6 +45,11 @@ MIXES = ("average", "learned", "shared")
 State = dict[str, torch.Tensor]
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half precision goes up to fp32; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     """What a linearized layer computes. Stored in the converted model's config."""
@@ -58,7 +63,7 @@ class AttentionSpec:
     num_sinks: int = 0
     mix: str = "average"
     window_factor_init: float = 0.1
-    chunk_size: int = 32
+    chunk_size: int = 16
     eps: float = 1e-6
 
     def __post_init__(self):
@@ -116,7 +121,7 @@ class HedgehogFeatureMap(nn.Module):
         self.weight = nn.Parameter(torch.eye(head_dim).repeat(num_heads, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, heads, T, D)
-        projected = torch.einsum("bhtd,hde->bhte", x.float(), self.weight.float())
+        projected = torch.einsum("bhtd,hde->bhte", _fp32(x), self.weight.to(_fp32(x).dtype))
         return torch.cat([projected.softmax(dim=-1), (-projected).softmax(dim=-1)], dim=-1)
 
 
@@ -151,17 +156,17 @@ class HybridAttentionCore(nn.Module):
     def _features(self, q_raw: torch.Tensor, k_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spec.feature_map == "hedgehog":
             return self.feature_map_q(q_raw), self.feature_map_k(k_raw)
-        return q_raw.float().softmax(dim=-1), k_raw.float().softmax(dim=-1)
+        return _fp32(q_raw).softmax(dim=-1), _fp32(k_raw).softmax(dim=-1)
 
     def _log_gate(self, k_raw: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
         if self.spec.gate == "key":
-            return F.logsigmoid(k_raw.float()) / self.spec.gate_scale
+            return F.logsigmoid(_fp32(k_raw)) / self.spec.gate_scale
         if self.spec.gate == "learned":
-            return F.logsigmoid(self.gate_proj(hidden).float()).transpose(1, 2).unsqueeze(-1)
+            return F.logsigmoid(_fp32(self.gate_proj(hidden))).transpose(1, 2).unsqueeze(-1)
         return None
 
     def _per_head(self, param: torch.Tensor) -> torch.Tensor:
-        return param.float().view(self.num_kv_heads, self.groups, 1, 1)
+        return _fp32(param).view(self.num_kv_heads, self.groups, 1, 1)
 
     def _group(self, x: torch.Tensor) -> torch.Tensor:
         B, H, T, D = x.shape
@@ -228,8 +233,9 @@ class HybridAttentionCore(nn.Module):
 
     def _value_for_linear(self, v: torch.Tensor) -> torch.Tensor:
         if self.spec.normalize or self.spec.shared:
-            return torch.cat([v.float(), v.new_ones(*v.shape[:-1], 1, dtype=torch.float32)], dim=-1)
-        return v.float()
+            v = _fp32(v)
+            return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+        return _fp32(v)
 
     def _finish(self, lin, win, sink_logits_max=None):
         """Combine linear output (num or num|den) and window partial sums into the output."""
