@@ -6,6 +6,7 @@ A failure at any point leaves the destination exactly as it was (absent, or the 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ def atomic_directory(destination: str | Path, overwrite: bool = True):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_umask_permissions(tmp)
     backup = None
     if destination.exists():
         backup = destination.with_name(f".{destination.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
@@ -31,3 +33,12 @@ def atomic_directory(destination: str | Path, overwrite: bool = True):
     tmp.rename(destination)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def apply_umask_permissions(directory: Path) -> None:
+    """Ordinary permissions (as the umask allows) instead of the temporary directory's private 0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

@@ -19,7 +19,6 @@ Nothing appears at ``out_dir`` unless everything was written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -69,7 +68,6 @@ def save_model(
             from .model_card import write_model_card
 
             write_model_card(tmp, eval_results=eval_results, name=Path(out_dir).name)
-        apply_umask_permissions(tmp)
     return Path(out_dir).expanduser().resolve()
 
 
@@ -99,15 +97,6 @@ def clean_tokenizer_config(directory: Path) -> None:
         for key in TOKENIZER_LOADER_KEYS:
             config.pop(key, None)
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def apply_umask_permissions(directory: Path) -> None:
-    """Ordinary permissions (as the umask allows) instead of the temporary directory's private 0700/0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for path in directory.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def ensure_generation_config(model, directory: Path) -> None:
