@@ -2,12 +2,14 @@
 
 (a) correctness: bf16 / fp16 (and fp32, tf32 dots) outputs and q/k/v grads of the Liger-GLA
     kernel against the fp32 PyTorch reference (HybridAttentionCore) at realistic shapes, with
-    padding; GLA-only and SWA-only; prefill + decode steps against the recurrent reference.
+    padding; GLA-only and SWA-only; Lizard (also the grads of its learned parameters);
+    prefill + decode steps against the recurrent reference.
 (b) timing (triton.testing.do_bench, warm-up then median): the whole layer from raw q/k/v
     (feature maps, gate, RoPE, both branches, mix; projections excluded), fwd, fwd+bwd and peak
     memory, for: a standard RoPE + SDPA (flash, GQA) layer; the published pipeline (fla
     chunk_gla + parallel_attn(window 64) + torch elementwise ops, as in
-    /work/shared/anchor_bench/gpu_liger_layer_bench.py); our fused kernels.
+    /work/shared/anchor_bench/gpu_liger_layer_bench.py); our fused kernels (Liger-GLA, and Lizard:
+    window 128, 4 sinks, hedgehog maps, learned gate; no published fused pipeline to compare with).
     H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k}. Then one decode step (B=16) at
     4k and 32k context: SDPA over a KV cache, fla fused_recurrent_gla, our decode kernel.
 
@@ -74,26 +76,36 @@ def rel(a, b):
 CHECKS = []
 
 
+LIZARD_SPEC = dict(feature_map="hedgehog", gate="learned", normalize=True, num_sinks=4, mix="learned")
+
+
 def check_train(branches, dtype, B, T, H, HKV, D, W, tol):
-    spec = AttentionSpec(branches=branches, window=W)
+    lizard = branches == "lizard"
+    spec = AttentionSpec(window=W, **LIZARD_SPEC) if lizard else AttentionSpec(branches=branches, window=W)
     core = HybridAttentionCore(spec, 64, H, HKV, D).to(dev)
+    with torch.no_grad():  # learned parameters away from their init (identity maps, zero sinks, alpha 1)
+        for p in core.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    params = list(core.parameters())
     q = torch.randn(B, T, H, D, device=dev).transpose(1, 2) * 2  # strided like the model's views
     k = torch.randn(B, T, HKV, D, device=dev).transpose(1, 2) * 2
     v = torch.randn(B, T, HKV, D, device=dev).transpose(1, 2)
     cos, sin = rope_tables(T, D, torch.float32)
     key_valid = torch.ones(B, T, dtype=torch.bool, device=dev)
     key_valid[-1, : T // 7] = False
-    hidden = torch.zeros(B, T, 64, device=dev)
+    hidden = torch.randn(B, T, 64, device=dev)
     scale = 1 / math.sqrt(D)
     lo = [x.to(dtype).detach().requires_grad_() for x in (q, k, v)]
     assert kernel_fallback_reason(core, lo[0], lo[2]) is None
     out, _ = hybrid_attention_kernel(core, *lo, cos.to(dtype), sin.to(dtype), hidden, scale, key_valid, None, None)
     do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, lo, do)
+    grads = torch.autograd.grad(out, lo + params, do)
     hi = [x.detach().float().requires_grad_() for x in lo]
     ref, _ = core(*hi, _apply_rope(hi[0], cos, sin), _apply_rope(hi[1], cos, sin), hidden, scale, key_valid, None, None)
-    rgrads = torch.autograd.grad(ref, hi, do.float())
+    rgrads = torch.autograd.grad(ref, hi + params, do.float())
     errs = {"out": rel(out, ref), **{f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, rgrads)}}
+    if params:  # worst learned parameter (feature maps, gate_proj, sinks, alpha)
+        errs["dparams"] = max(rel(g, r) for g, r in zip(grads[3:], rgrads[3:]))
     ok = all(e <= tol for e in errs.values()) and all(torch.isfinite(g).all().item() for g in grads)
     row = {"check": f"{branches} train {str(dtype)[6:]}", "shape": f"B{B} T{T} H{H}/{HKV} D{D} W{W}", **errs,
            "tol": tol, "ok": ok}
@@ -144,6 +156,9 @@ for args in [
     ("hybrid", torch.float32, 1, 1000, 12, 4, 64, 128, 5e-3),
     ("linear", torch.bfloat16, 1, 4096, 32, 8, 128, 64, 2e-2),
     ("window", torch.bfloat16, 1, 4096, 32, 8, 128, 128, 2e-2),
+    ("lizard", torch.bfloat16, 2, 2048, 32, 8, 128, 128, 2e-2),
+    ("lizard", torch.float16, 1, 2048, 32, 8, 128, 128, 5e-3),
+    ("lizard", torch.float32, 1, 1000, 12, 4, 64, 128, 5e-3),
 ]:
     try:
         check_train(*args)
@@ -194,8 +209,24 @@ def liger_fused_layer(q, k, v, cos, sin):
     return out.transpose(1, 2)
 
 
+LIZARD = HybridAttentionCore(AttentionSpec(window=128, **LIZARD_SPEC), 64, H, HKV, D).to(dev)
+HID = {}
+
+
+def lizard_fused_layer(q, k, v, cos, sin):
+    # Lizard (hedgehog maps, learned gate from a 64-wide hidden (gate_proj in torch), normalised GLA,
+    # window 128 with 4 sinks, learned alpha); gradients also reach the learned parameters.
+    B, T = q.shape[:2]
+    if (B, T) not in HID:
+        HID.clear()
+        HID[(B, T)] = torch.randn(B, T, 64, device=dev)
+    out, _ = hybrid_attention_kernel(LIZARD, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cos, sin,
+                                     HID[(B, T)], 1 / math.sqrt(D), None, None, None)
+    return out.transpose(1, 2)
+
+
 LAYERS = [("sdpa_layer", sdpa_layer), ("liger_fla_published", liger_fla_layer if HAS_FLA else None),
-          ("liger_fused_ours", liger_fused_layer)]
+          ("liger_fused_ours", liger_fused_layer), ("lizard_fused_ours", lizard_fused_layer)]
 ROWS = []
 for B, T in [(8, 2048), (2, 8192), (1, 32768)]:
     q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -275,14 +306,14 @@ with open(os.path.join(out_dir, "gpu_check_kernels.json"), "w") as fh:
     json.dump(RES, fh, indent=1)
 
 print(f"\n# {RES['device']} — {RES['date']} — torch {RES['torch']}, triton {RES['triton']}")
-print("\n| check | shape | out | dq | dk | dv | tol | ok |")
-print("|---|---|---|---|---|---|---|---|")
+print("\n| check | shape | out | dq | dk | dv | dparams | tol | ok |")
+print("|---|---|---|---|---|---|---|---|---|")
 for c in CHECKS:
     if "error" in c:
-        print(f"| {c['check']} | | ERROR {c['error'][:80]} | | | | | False |")
+        print(f"| {c['check']} | | ERROR {c['error'][:80]} | | | | | | False |")
         continue
     f = lambda key: f"{c[key]:.1e}" if key in c else "-"  # noqa: E731
-    print(f"| {c['check']} | {c['shape']} | {f('out')} | {f('dq')} | {f('dk')} | {f('dv')} | {c['tol']} | {c['ok']} |")
+    print(f"| {c['check']} | {c['shape']} | {f('out')} | {f('dq')} | {f('dk')} | {f('dv')} | {f('dparams')} | {c['tol']} | {c['ok']} |")
 print("\n| layer (H=32/8, D=128, bf16) | B | T | fwd ms | fwd+bwd ms | Mtok/s fwd+bwd | peak GiB |")
 print("|---|---|---|---|---|---|---|")
 for r in ROWS:

@@ -159,14 +159,13 @@ def test_prefill_then_decode(branches, window, D, H, HKV):
                 assert _rel(st[name], ref_st[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("variant", ["lizard", "lolcats", "softcap", "filled_window"])
+@pytest.mark.parametrize("variant", ["lizard_state", "lolcats", "softcap", "filled_window"])
 def test_uncovered_variants_fall_back_to_reference(variant):
-    """Lizard / LoLCATs / softcap / prefill on a non-empty cache: explicit reference, same results and grads."""
+    """LoLCATs / softcap / prefill on a non-empty cache / Lizard with a state: explicit reference, same results."""
     B, H, HKV, T, D = 2, 3, 1, 17, 64
     softcap, state = None, None
-    if variant == "lizard":
-        spec = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4,
-                             mix="learned")
+    if variant == "lizard_state":
+        spec = LIZARD
     elif variant == "lolcats":
         spec = AttentionSpec(feature_map="hedgehog", gate="none", mix="shared")
     else:
@@ -175,7 +174,7 @@ def test_uncovered_variants_fall_back_to_reference(variant):
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True)
     if variant == "softcap":
         softcap = 30.0
-    if variant == "filled_window":
+    if variant in ("filled_window", "lizard_state"):
         state = core.empty_state(B, q.device, q.dtype)
         state["valid"][:, -3:] = True
     reason = kernel_fallback_reason(core, q, v, softcap, state)
@@ -188,8 +187,74 @@ def test_uncovered_variants_fall_back_to_reference(variant):
                       key_valid, softcap, state)
     assert torch.equal(out, ref)
     if state is None:
-        assert bool(params) == (variant in ("lizard", "lolcats")), "Lizard / LoLCATs carry learned parameters"
+        assert bool(params) == (variant == "lolcats"), "LoLCATs carries learned parameters"
         grads = torch.autograd.grad(out.square().sum(), leaves[:3] + params)
         ref_grads = torch.autograd.grad(ref.square().sum(), leaves[:3] + params)
         for g, rg in zip(grads, ref_grads):
             assert torch.allclose(g, rg)
+
+
+LIZARD = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4, mix="learned")
+
+
+def _learned_core(spec, H, HKV, D, seed=0):
+    """A core whose learned parameters are away from their initial values (identity maps, zero sinks...)."""
+    torch.manual_seed(seed)
+    core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return core
+
+
+# (name, spec, T, D, H, HKV, pad)
+LEARNED_CASES = [
+    ("lizard", LIZARD, 100, 64, 6, 2, True),            # G = 3, window 128, several chunks, padding
+    ("lizard", LIZARD, 300, 32, 2, 1, True),            # long: chunk boundaries of states and gate grads
+    ("lizard", LIZARD, 17, 128, 3, 3, False),           # D 128, short ragged T
+    ("gla_hedgehog_learned_norm", AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned",
+                                                normalize=True), 64, 32, 3, 1, True),
+    ("gla_key_norm", AttentionSpec(branches="linear", gate="key", normalize=True), 64, 32, 3, 1, True),
+    ("swa_sinks", AttentionSpec(branches="window", window=64, num_sinks=4), 100, 32, 3, 1, True),
+]
+
+
+@pytest.mark.parametrize("name,spec,T,D,H,HKV,pad", LEARNED_CASES,
+                         ids=[f"{c[0]}-T{c[2]}-D{c[3]}" for c in LEARNED_CASES])
+def test_learned_variants_fp32(name, spec, T, D, H, HKV, pad):
+    """Lizard and the blocks it is made of: outputs and grads of q, k, v, hidden and every learned parameter."""
+    core = _learned_core(spec, H, HKV, D)
+    B, scale = 2, 1.0 / math.sqrt(D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, pad)
+    assert kernel_fallback_reason(core, q, v) is None
+    uses_hidden = spec.has_linear and spec.gate == "learned"
+    leaves = [x.requires_grad_() for x in (q, k, v)] + ([hidden.requires_grad_()] if uses_hidden else [])
+    named = list(core.named_parameters())
+    names, params = [n for n, _ in named], [p for _, p in named]
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, scale, key_valid, None, None)
+    ref, _ = _reference(core, q, k, v, cos, sin, hidden, scale, key_valid)
+    assert out.shape == (B, H, T, D) and out.dtype == v.dtype
+    do = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(out, leaves + params, do)
+    ref_grads = torch.autograd.grad(ref, leaves + params, do)
+    assert _rel(out, ref) <= 1e-4
+    for n, g, rg in zip(["q", "k", "v", "hidden"][: len(leaves)] + names, grads, ref_grads):
+        assert _rel(g, rg) <= 1e-4, (n, _rel(g, rg))
+
+
+def test_lizard_fp16():
+    core = _learned_core(LIZARD, 3, 1, 64)
+    B, T, D = 2, 64, 64
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, 3, 1, T, D, True, dtype=torch.float16)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    names, params = zip(*core.named_parameters())
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden.float(), 0.125, key_valid, None, None)
+    assert out.dtype == torch.float16
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).half()
+    grads = torch.autograd.grad(out, leaves + list(params), do)
+    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
+    ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
+    assert _rel(out, ref) <= 5e-3
+    for n, g, rg in zip(["q", "k", "v"] + list(names), grads, ref_grads):
+        assert torch.isfinite(g).all() and _rel(g, rg) <= 1e-2, (n, _rel(g, rg))

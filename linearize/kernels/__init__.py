@@ -4,22 +4,27 @@
 returns exactly what ``core(q_raw, k_raw, v, q_rope, k_rope, hidden, scale, key_valid, softcap, state)``
 returns (``HybridAttentionCore`` in ``linearize/attention_variants.py`` is the specification).
 
-Covered by the fused kernels (forward, backward, decode step):
-* feature map ``softmax``, gate ``key`` or ``none``, ``normalize`` false,
-* branches ``hybrid`` with mix ``average`` (Liger-GLA), ``linear`` (GLA only), ``window`` (SWA only),
-* no sinks, no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim,
-* training / prefill without a state, prefill with a fresh state (nothing in the window buffer;
-  no gradient through it), and single-token decode with a state (window a power of two).
+Covered by the fused kernels (training / prefill forward + backward, chunk-parallel):
+* feature maps ``softmax`` or ``hedgehog`` (per-head W, gradient of W), gate ``key``, ``learned``
+  (the per-token per-kv-head log-gate ``logsigmoid(gate_proj(hidden))`` is computed by torch and
+  passed in; its gradient flows back through torch to ``gate_proj``) or ``none``, ``normalize`` on/off,
+* branches ``hybrid`` with mix ``average`` (Liger-GLA) or ``learned`` (Lizard's alpha, gradient),
+  ``linear`` (GLA only), ``window`` (SWA only), sinks in the window denominator (power-of-two count,
+  gradient), no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim.
+So Liger-GLA and Lizard train on the kernels, with gradients of every learned parameter.
+Decode step (T = 1 with a state) and prefill into a fresh state: softmax maps with key / no gate,
+unnormalised, no sinks, mix average (Liger-GLA, GLA, SWA).
 
 Everything else runs the PyTorch reference ``core(...)`` explicitly (``kernel_fallback_reason``
-says why): Lizard (hedgehog maps, learned gate, normalised, sinks, learned mix), LoLCATs (shared
-normaliser), softcap (Gemma 2), prefill on top of a non-empty cache, gradients through a state.
+says why): LoLCATs (shared normaliser), softcap (Gemma 2), Lizard-style features with a state
+(decode / prefill), prefill on top of a non-empty cache, gradients through a state.
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -27,7 +32,7 @@ try:
     import triton
 
     from .decode import _hybrid_decode
-    from .hybrid_chunked import _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
+    from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
 
     HAS_TRITON = True
 except Exception:  # noqa: BLE001 - no triton: everything falls back to the reference
@@ -66,22 +71,16 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
         return f"head dim {D} / value dim {DV} (needs equal powers of two in [16, 256])"
     if spec.shared:
         return "mix 'shared' (LoLCATs) is reference-only"
-    if spec.has_linear:
-        if spec.feature_map != "softmax":
-            return f"feature map {spec.feature_map!r} is reference-only"
-        if spec.gate not in ("key", "none"):
-            return f"gate {spec.gate!r} is reference-only"
-        if spec.normalize:
-            return "normalised linear branch is reference-only"
     if spec.has_window:
-        if spec.num_sinks:
-            return "sinks are reference-only"
+        if spec.num_sinks and not _is_pow2(spec.num_sinks):
+            return f"{spec.num_sinks} sinks (kernels need a power of two)"
         if softcap is not None:
             return "softcap is reference-only"
-    if spec.branches == "hybrid" and spec.mix != "average":
-        return f"mix {spec.mix!r} is reference-only"
     T = q_raw.shape[2]
     if state is not None:
+        f = _flags(spec)
+        if f.fmap or f.gate == 2 or f.norm or f.ns or f.mixp:
+            return "decode / prefill with a state is kernel-covered for softmax maps, key or no gate only"
         if T == 1:
             if spec.has_window and not _is_pow2(spec.window):
                 return "decode kernel needs a power-of-two window"
@@ -93,19 +92,36 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
     return None
 
 
-def _flags(spec):
+class _Flags(NamedTuple):
+    has_lin: bool
+    has_win: bool
+    gate: int  # 0 none, 1 key (per key dim, from k), 2 per-head log-gate tensor (learned gate)
+    fmap: int  # 0 softmax, 1 hedgehog
+    norm: bool
+    ns: int  # number of sinks
+    mixp: bool  # learned per-head alpha on the window branch
+    mix_lin: float
+    mix_win: float
+
+
+def _flags(spec) -> _Flags:
     has_lin, has_win = spec.has_linear, spec.has_window
-    mix_lin = 0.5 if (has_lin and has_win) else 1.0
-    mix_win = 0.5 if (has_lin and has_win) else 1.0
-    gate = 1 if (has_lin and spec.gate == "key") else 0
-    return has_lin, has_win, gate, mix_lin, mix_win
+    hybrid = has_lin and has_win
+    mixp = hybrid and spec.mix == "learned"
+    gate = {"key": 1, "learned": 2}.get(spec.gate, 0) if has_lin else 0
+    fmap = 1 if (has_lin and spec.feature_map == "hedgehog") else 0
+    return _Flags(has_lin, has_win, gate, fmap, has_lin and spec.normalize, spec.num_sinks if has_win else 0, mixp,
+                  0.5 if (hybrid and not mixp) else 1.0, 0.5 if hybrid else 1.0)
 
 
-def _block_t(gate: int, device_is_cuda: bool) -> int:
-    # Key gate: BT = 16 bounds the intra-chunk exponent (see hybrid_chunked). Otherwise larger tiles.
-    if gate == 1:
-        return 16
-    return 64 if device_is_cuda else 32
+def _block_sizes(gate: int, device_is_cuda: bool) -> tuple[int, int]:
+    """(BT, BC): chunk of the chunk-level states and sub-block of the in-chunk walk.
+
+    Key gate: BC = 16 bounds the factorised in-block exponent (see hybrid_chunked); a per-head gate
+    uses the exact (C x C) decay matrix. The interpreter uses smaller chunks so that short test
+    sequences still cross several chunk boundaries."""
+    BT = 64 if device_is_cuda else 32
+    return BT, (16 if gate == 1 else BT)
 
 
 def _cos_sin(cos: torch.Tensor, sin: torch.Tensor, B: int, T: int, D: int):
@@ -123,74 +139,174 @@ def _lastdim_contig(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _fwd(q, k, v, cos, sin, valid, spec, scale, s0=None, want_state=False):
+def _strides(*tensors):
+    out = []
+    for x in tensors:
+        out += [x.stride(0), x.stride(1), x.stride(2)]
+    return out
+
+
+def _meta(f: _Flags, G, D, DV, BT, BC, W, has_valid):
+    return dict(G=G, D=D, F=2 * D if f.fmap else D, DV=DV, BT=BT, BC=BC, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
+                GATE=f.gate, FMAP=f.fmap, NORM=f.norm, MIXP=f.mixp, HAS_VALID=has_valid)
+
+
+class _Params(NamedTuple):
+    """Learned inputs of the kernels (None when the variant has none)."""
+
+    lg: torch.Tensor | None  # (B, Hkv, T) fp32 log-gates (learned gate), unmasked
+    wq: torch.Tensor | None  # (H, D, D) hedgehog weights of q
+    wk: torch.Tensor | None  # (Hkv, D, D)
+    alpha: torch.Tensor | None  # (H,)
+    sinks: torch.Tensor | None  # (H, m)
+
+
+def _ptr(x, dummy):
+    return x if x is not None else dummy
+
+
+def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=None, dden=None, bufs=None,
+                  s0=None, want_state=False):
+    """Chunk start states h (B, Hkv, NT, F, Dv) and z (B, Hkv, NT, F) (fp32, normalised only) and/or,
+    with ``do``, the gradients w.r.t. each chunk's end state (same shapes); final state if asked."""
+    B, H, T, D = q.shape
+    HKV, DV = k.shape[1], v.shape[-1]
+    F = 2 * D if f.fmap else D
+    NT = triton.cdiv(T, BT)
+    dev = q.device
+    dummy = torch.empty(1, device=dev, dtype=torch.float32)
+    if bufs is None:
+        h = torch.empty(B, HKV, NT, F, DV, device=dev, dtype=torch.float32)
+        z = torch.empty(B, HKV, NT, F, device=dev, dtype=torch.float32) if f.norm else dummy
+        gtot = torch.empty(B, HKV, NT, D if f.gate == 1 else 1, device=dev, dtype=torch.float32) if f.gate else dummy
+    else:
+        h, z, gtot = bufs
+    dh = torch.empty_like(h) if do is not None else dummy
+    dz = torch.empty_like(z) if (do is not None and f.norm) else dummy
+    st = torch.empty(B, HKV, F, DV, device=dev, dtype=torch.float32) if want_state else dummy
+    s0_t = s0.float().contiguous() if s0 is not None else dummy
+    do_t = do if do is not None else v
+    _chunk_state[(NT, B * HKV)](
+        q, k, v, _ptr(valid, dummy), do_t, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
+        _ptr(rinv, dummy), _ptr(dden, dummy), h, z, dh, dz, gtot, *_strides(q, k, v, do_t),
+        T, HKV, NT, float(spec.gate_scale), float(f.mix_lin),
+        G=H // HKV, D=D, F=F, DV=DV, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=valid is not None,
+        STATES=states, WITH_DO=do is not None, num_warps=4,
+    )
+    BK = F if (INTERPRET or not q.is_cuda) else min(F, 32)
+    first = 0 if states else 1
+    modes = (1 if states else 0) + (1 if do is not None else 0)
+    _chunk_scan[(B * HKV, F // BK, modes)](
+        h, z, dh, dz, gtot, s0_t, st, NT, first, D=D, F=F, DV=DV, BK=BK, GATE=f.gate, NORM=f.norm,
+        HAS_S0=s0 is not None, STORE_ST=want_state, num_warps=4,
+    )
+    return (h, z, gtot), ((dh, dz) if do is not None else None), (st if want_state else None)
+
+
+def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     B, H, T, D = q.shape
     HKV = k.shape[1]
     G = H // HKV
     DV = v.shape[-1]
-    has_lin, has_win, gate, mix_lin, mix_win = _flags(spec)
-    BT = _block_t(gate, q.is_cuda)
+    f = _flags(spec)
+    BT, BC = _block_sizes(f.gate, q.is_cuda)
+    NT = triton.cdiv(T, BT)
     BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 64)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
     o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
     m = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     den = torch.empty_like(m)
-    st = torch.empty(B, HKV, D, DV, device=q.device, dtype=torch.float32) if want_state else m
-    s0_t = s0.float().contiguous() if s0 is not None else m
-    valid_t = valid if valid is not None else m
-    grid = (B * HKV, DV // BV)
-    _hybrid_fwd[grid](
-        q, k, v, cos, sin, valid_t, o, m, den, s0_t, st,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), scb, sct,
-        T, HKV, float(scale), float(spec.gate_scale), mix_lin, mix_win,
-        G=G, D=D, DV=DV, BV=BV, BT=BT, W=int(spec.window) if has_win else 1,
-        HAS_LIN=has_lin, HAS_WIN=has_win, GATE=gate, HAS_VALID=valid is not None,
-        HAS_S0=s0 is not None, STORE_ST=want_state,
+    h = z = st = None
+    if f.has_lin:
+        (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, BT, P, s0=s0, want_state=want_state)
+    _hybrid_fwd[(NT, B * HKV, DV // BV)](
+        q, k, v, cos, sin, _ptr(valid, m), _ptr(P.lg, m), _ptr(P.wq, m), _ptr(P.wk, m), _ptr(P.alpha, m),
+        _ptr(P.sinks, m), o, m, den, _ptr(h, m), _ptr(z, m),
+        *_strides(q, k, v, o), scb, sct,
+        T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
+        BV=BV, NS=f.ns, **_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None),
         num_warps=4,
     )
-    return o, m, den, (st if want_state else None)
+    return o, m, den, st
 
 
 class HybridAttentionFunction(torch.autograd.Function):
-    """Fused hybrid attention from raw q/k/v: out (B, H, T, D) in v.dtype; grads for q, k, v."""
+    """Fused hybrid attention from raw q/k/v: out (B, H, T, D) in v.dtype; grads for q, k, v and the
+    learned inputs (log-gates of a learned gate, hedgehog weights, mix alpha, sinks)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cos, sin, valid, spec, scale):
+    def forward(ctx, q, k, v, cos, sin, valid, spec, scale, lg=None, wq=None, wk=None, alpha=None, sinks=None):
         q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
-        o, m, den, _ = _fwd(q, k, v, cos, sin, valid, spec, scale)
-        ctx.save_for_backward(q, k, v, cos, sin, valid, m, den)
+        P = _Params(*(x.contiguous() if x is not None else None for x in (lg, wq, wk, alpha, sinks)))
+        o, m, den, _ = _fwd(q, k, v, cos, sin, valid, spec, scale, P)
+        ctx.save_for_backward(q, k, v, cos, sin, valid, m, den, *P)
         ctx.spec, ctx.scale = spec, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, cos, sin, valid, m, den = ctx.saved_tensors
+        q, k, v, cos, sin, valid, m, den, *params = ctx.saved_tensors
+        P = _Params(*params)
         spec, scale = ctx.spec, ctx.scale
         do = _lastdim_contig(do)
         B, H, T, D = q.shape
         HKV, DV = k.shape[1], v.shape[-1]
         G = H // HKV
-        has_lin, has_win, gate, mix_lin, mix_win = _flags(spec)
-        BT = _block_t(gate, q.is_cuda)
+        f = _flags(spec)
+        F = 2 * D if f.fmap else D
+        BT, BC = _block_sizes(f.gate, q.is_cuda)
+        NT = triton.cdiv(T, BT)
         cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
-        dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
-        dk = torch.empty(B, HKV, T, D, device=q.device, dtype=k.dtype)
-        dv = torch.empty(B, HKV, T, DV, device=q.device, dtype=v.dtype)
-        delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-        dlq = torch.empty(B, HKV, T, D, device=q.device, dtype=torch.float32) if has_lin else delta
-        valid_t = valid if valid is not None else delta
+        dev = q.device
+        dq = torch.empty(B, H, T, D, device=dev, dtype=q.dtype)
+        dk = torch.empty(B, HKV, T, D, device=dev, dtype=k.dtype)
+        dv = torch.empty(B, HKV, T, DV, device=dev, dtype=v.dtype)
+        delta = torch.empty(B, H, T, device=dev, dtype=torch.float32)
+        dummy = delta
+        dlq = torch.empty(B, HKV, T, F, device=dev, dtype=torch.float32) if f.has_lin else dummy
+        rinv = torch.empty(B, H, T, device=dev, dtype=torch.float32) if f.norm else dummy
+        dden = torch.empty_like(rinv) if f.norm else dummy
+        dlg = torch.zeros(B, HKV, T, device=dev, dtype=torch.float32) if f.gate == 2 else dummy
+        dwq = torch.zeros(P.wq.shape, device=dev, dtype=torch.float32) if f.fmap else dummy
+        dwk = torch.zeros(P.wk.shape, device=dev, dtype=torch.float32) if f.fmap else dummy
+        h = z = dh = dz = dummy
+        bufs = None
+        if f.has_lin:
+            if f.norm:  # the pull on the states needs 1/den and dden from _hybrid_bwd_q: two passes
+                bufs, _, _ = _chunk_states(q, k, v, valid, spec, f, BT, P)
+            else:
+                bufs, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, P, do=do)
+            h, z = bufs[0], bufs[1]
         common = (
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2), scb, sct,
-            T, HKV, float(scale), float(spec.gate_scale), mix_lin, mix_win,
+            *_strides(q, k, v, do), scb, sct,
+            T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         )
-        meta = dict(G=G, D=D, DV=DV, BT=BT, W=int(spec.window) if has_win else 1, HAS_LIN=has_lin,
-                    HAS_WIN=has_win, GATE=gate, HAS_VALID=valid is not None, num_warps=8)
-        grid = (B * HKV,)
-        _hybrid_bwd_q[grid](q, k, v, cos, sin, valid_t, do, m, den, dq, delta, dlq, *common, **meta)
-        _hybrid_bwd_kv[grid](q, k, v, cos, sin, valid_t, do, m, den, delta, dlq, dk, dv, *common, **meta)
-        return dq, dk, dv, None, None, None, None, None
+        meta = dict(**_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None),
+                    num_warps=8)
+        ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
+               _ptr(P.alpha, dummy))
+        grid = (NT, B * HKV)
+        _hybrid_bwd_q[grid](*ins, do, m, den, h, z, dq, delta, dlq, rinv, dden, dwq, *common, **meta)
+        if f.has_lin and f.norm:
+            _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, P, states=False, do=do, rinv=rinv,
+                                           dden=dden, bufs=bufs)
+        _hybrid_bwd_kv[grid](*ins, do, m, den, delta, dlq, rinv, dden, h, z, dh, dz, dk, dv, dlg, dwk,
+                             *common, **meta)
+        grads = [None] * 5
+        if f.gate == 2:  # reverse cumulative sum over time of the per-token terms, masked at padding
+            grads[0] = dlg.flip(-1).cumsum(-1).flip(-1)
+            if valid is not None:
+                grads[0] = grads[0] * valid[:, None, :]
+        if f.fmap:
+            grads[1], grads[2] = dwq.to(P.wq.dtype), dwk.to(P.wk.dtype)
+        if f.mixp:
+            grads[3] = delta.sum(dim=(0, 2)).to(P.alpha.dtype)
+        if f.ns:
+            mw = P.alpha.float().view(1, H, 1, 1) if f.mixp else f.mix_win
+            safe_den = torch.where(den > 0, den, 1.0)
+            psink = torch.exp(P.sinks.float()[None, :, None, :] - m[..., None]) / safe_den[..., None]
+            grads[4] = (-(mw * delta[..., None] * psink).sum(dim=(0, 2))).to(P.sinks.dtype)
+        return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
 def _decode(core, q, k, v, cos, sin, key_valid, scale, state):
@@ -198,7 +314,8 @@ def _decode(core, q, k, v, cos, sin, key_valid, scale, state):
     B, H, _, D = q.shape
     HKV = k.shape[1]
     G, DV = H // HKV, v.shape[-1]
-    has_lin, has_win, gate, mix_lin, mix_win = _flags(spec)
+    f = _flags(spec)
+    has_lin, has_win, gate, mix_lin, mix_win = f.has_lin, f.has_win, f.gate, f.mix_lin, f.mix_win
     step_valid = (key_valid[:, -1] if key_valid is not None else torch.ones(B, dtype=torch.bool, device=q.device))
     step_valid = step_valid.to(torch.int8).contiguous()
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
@@ -237,6 +354,24 @@ def _reference(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softca
                 recurrent=(T == 1 and state is not None))
 
 
+def _learned_inputs(core, hidden):
+    """The learned parameters the kernels read, as autograd inputs (gradients flow back to them).
+
+    The learned gate's logits are a small linear map of the hidden states: torch computes the per-token
+    per-kv-head log-gate ``logsigmoid(gate_proj(hidden))`` (B, Hkv, T) and the kernel takes it from there."""
+    f = _flags(core.spec)
+    lg = wq = wk = alpha = sinks = None
+    if f.gate == 2:
+        lg = torch.nn.functional.logsigmoid(core.gate_proj(hidden).float()).transpose(1, 2)
+    if f.fmap:
+        wq, wk = core.feature_map_q.weight, core.feature_map_k.weight
+    if f.mixp:
+        alpha = core.mix_alpha
+    if f.ns:
+        sinks = core.sinks
+    return lg, wq, wk, alpha, sinks
+
+
 def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, softcap=None,
                             state=None):
     """Fused hybrid attention (see module docstring); falls back to ``core(...)`` when not covered."""
@@ -246,14 +381,16 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
     B, H, T, D = q_raw.shape
     valid = key_valid.to(torch.int8).contiguous() if key_valid is not None else None
     if state is None:
-        out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale)
+        learned = _learned_inputs(core, hidden)
+        out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale, *learned)
         return out, None
     if T == 1:
         return _decode(core, q_raw, k_raw, v, cos, sin, key_valid, scale, state)
     # Prefill into a fresh state (checked: empty window buffer, no grad).
     q, k, vv = _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v)
     s0 = state["linear"] if spec.has_linear else None
-    out, _, _, st = _fwd(q, k, vv, cos, sin, valid, spec, scale, s0=s0, want_state=spec.has_linear)
+    out, _, _, st = _fwd(q, k, vv, cos, sin, valid, spec, scale, _Params(None, None, None, None, None), s0=s0,
+                         want_state=spec.has_linear)
     new_state = {}
     if spec.has_window:
         w = spec.window

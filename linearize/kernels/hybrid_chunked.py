@@ -1,28 +1,31 @@
-"""Fused chunked Triton kernels for the hybrid attention (training / prefill).
+"""Fused chunk-parallel Triton kernels for the hybrid attention (training / prefill).
 
 Reference these kernels are tested against: ``HybridAttentionCore._chunked``
 (``linearize/attention_variants.py``), i.e. ``gla_chunked`` + ``window_attention_chunked``
-(``linearize/attention_reference.py``), on the covered subset of ``AttentionSpec``:
-softmax feature maps, key gate ``logsigmoid(k)/gate_scale`` or no gate, unnormalised GLA,
-sliding window without sinks or softcap, mix ``average`` (or one branch alone).
+(``linearize/attention_reference.py``), on the covered subset of ``AttentionSpec``.
 
 Everything is computed from the raw (pre-RoPE) q/k and v inside the kernels: feature maps,
-gate, cumulative gates, RoPE, both branches and the mix are never written to memory. One
-program owns one (batch, kv head) and walks the sequence chunk by chunk, carrying the linear
-state (fp32, in registers); the G query heads of the kv head are handled inside the program,
-so the GQA repeat never exists. Layout (strides are passed, nothing is made contiguous):
+gate, cumulative gates, RoPE, both branches and the mix are never written to memory. The only
+intermediate tensors are the chunk-level linear states (fp32, one D x Dv matrix per chunk of BT
+tokens and kv head, plus the chunk's total log-gate), as in flash-linear-attention's chunk_gla.
+The G query heads of a kv head are handled inside one program, so the GQA repeat never exists.
+Layout (strides are passed, nothing is made contiguous):
 q (B, H, T, D), k/v (B, Hkv, T, D), cos/sin (B or 1, T, D), key_valid (B, T).
 
-Three kernels:
-* ``_hybrid_fwd``: output, and per query row the window softmax max and denominator (fp32).
-* ``_hybrid_bwd_q`` (chunks forward): dq (both branches, through softmax map and RoPE),
-  per row ``delta = do_win . o_win`` and per token ``sum_heads qf * dqf`` (for the gate grad).
-* ``_hybrid_bwd_kv`` (chunks backward): dk, dv (both branches, feature map, gate via a reverse
-  cumulative sum carried across chunks, RoPE).
+Forward (3 launches):
+* ``_chunk_state`` (grid chunks x B*Hkv): each chunk's contribution to the state and its total gate.
+* ``_chunk_scan`` (grid B*Hkv x D/BK): the inter-chunk recurrence, in place -> start state per chunk.
+* ``_hybrid_fwd`` (grid chunks x B*Hkv x Dv/BV): output of a chunk (linear branch from the chunk's
+  start state, window branch over the previous W keys, mix) and per row the window max / denominator.
+Backward (4 launches): ``_chunk_state`` again with the output gradient (states and each chunk's pull on
+its start state), ``_chunk_scan`` (forward for states, backward for state gradients, one launch),
+``_hybrid_bwd_q`` (dq, delta, gate term) and ``_hybrid_bwd_kv`` (dk, dv, gate gradient), both parallel
+over chunks.
 
-Numerics: intra-chunk decays use the factorisation ``exp(B_t) * exp(-B_s)`` relative to the
-chunk start, so the largest exponent is ``BT * max|g|``; BT = 16 for the key gate keeps it far
-from fp32 overflow (``|k_raw|`` would have to average > 80 over 16 tokens).
+Numerics: inside a chunk the linear branch runs over sub-blocks of BC tokens with the factorisation
+``exp(B_t) * exp(-B_s)`` relative to the sub-block start, so the largest exponent is ``BC * max|g|``;
+BC = 16 for the key gate keeps it far from fp32 overflow (``|k_raw|`` would have to average > 80 over
+16 tokens). Chunk-level summaries only use exponents <= 0.
 """
 
 from __future__ import annotations
@@ -90,78 +93,291 @@ def _rope_grad(dx, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT: tl.conste
 
 
 @triton.jit
-def _key_chunk(k_ptr, kbase, t, T, stride_kt, cols, valf, gate_scale, GATE: tl.constexpr):
-    """Raw key chunk -> (raw, masked feature map, cumulative log-gate, chunk total log-gate)."""
-    kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-    kf = _softmax_rows(kraw) * valf[:, None]
-    if GATE == 1:
-        g = _logsigmoid(kraw) / gate_scale * valf[:, None]
+def _fmap(x, w_ptr, head, cols, BC: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr):
+    """Feature map of raw rows (BC, D) -> (BC, F): softmax (F = D) or hedgehog [softmax(xW), softmax(-xW)]."""
+    if FMAP == 1:
+        w = tl.load(w_ptr + head * D * D + cols[:, None] * D + cols[None, :]).to(tl.float32)
+        p = tl.dot(x, w)
+        return tl.reshape(tl.permute(tl.join(_softmax_rows(p), _softmax_rows(-p)), (0, 2, 1)), (BC, 2 * D))
     else:
-        g = tl.zeros_like(kraw)
+        return _softmax_rows(x)
+
+
+@triton.jit
+def _fmap_bwd(x, dphi, w_ptr, dw_ptr, head, cols, BC: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr):
+    """dx from dphi; hedgehog also adds x^T dproj to dw (fp32, atomic: one partial per program)."""
+    if FMAP == 1:
+        widx = head * D * D + cols[:, None] * D + cols[None, :]
+        w = tl.load(w_ptr + widx).to(tl.float32)
+        p = tl.dot(x, w)
+        a = _softmax_rows(p)
+        c = _softmax_rows(-p)
+        da, dc = tl.split(tl.permute(tl.reshape(dphi, (BC, 2, D)), (0, 2, 1)))
+        dp = a * (da - tl.sum(a * da, 1)[:, None]) - c * (dc - tl.sum(c * dc, 1)[:, None])
+        tl.atomic_add(dw_ptr + widx, tl.dot(tl.trans(x), dp))
+        return tl.dot(dp, tl.trans(w))
+    else:
+        sm = _softmax_rows(x)
+        return sm * (dphi - tl.sum(sm * dphi, 1)[:, None])
+
+
+@triton.jit
+def _gate_rows(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE: tl.constexpr):
+    """Masked log-gates of a block: per key dim (BC, D) for the key gate, (BC, 1) otherwise."""
+    if GATE == 1:
+        return _logsigmoid(kraw) / gate_scale * valf[:, None]
+    elif GATE == 2:
+        return (tl.load(lg_ptr + lgbase + t, mask=t < T, other=0.0).to(tl.float32) * valf)[:, None]
+    else:
+        return tl.zeros_like(valf)[:, None]
+
+
+@triton.jit
+def _decay(cum, mask, BC: tl.constexpr):
+    """exp(b_t - b_s) for a per-head gate (cum (BC, 1)), masked to 0 outside ``mask``."""
+    d = cum - tl.reshape(cum, (1, BC))
+    return tl.where(mask, tl.exp(tl.where(mask, d, 0.0)), 0.0)
+
+
+@triton.jit
+def _intra(qf, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr):
+    """A_ts = sum_f qf_tf kf_sf exp(b_tf - b_sf) on ``mask``."""
+    if GATE == 1:
+        a = tl.dot(qf * tl.exp(cum), tl.trans(kf * tl.exp(-cum)))
+    elif GATE == 2:
+        a = tl.dot(qf, tl.trans(kf)) * _decay(cum, mask, BC)
+    else:
+        a = tl.dot(qf, tl.trans(kf))
+    return tl.where(mask, a, 0.0)
+
+
+@triton.jit
+def _intra_left(da, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr):
+    """sum_s da_ts kf_s exp(b_t - b_s)  (da already masked)."""
+    if GATE == 1:
+        return tl.dot(da, kf * tl.exp(-cum)) * tl.exp(cum)
+    elif GATE == 2:
+        return tl.dot(da * _decay(cum, mask, BC), kf)
+    else:
+        return tl.dot(da, kf)
+
+
+@triton.jit
+def _intra_right(da, qf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr):
+    """sum_t da_ts qf_t exp(b_t - b_s)  (da already masked)."""
+    if GATE == 1:
+        return tl.dot(tl.trans(da), qf * tl.exp(cum)) * tl.exp(-cum)
+    elif GATE == 2:
+        return tl.dot(tl.trans(da * _decay(cum, mask, BC)), qf)
+    else:
+        return tl.dot(tl.trans(da), qf)
+
+
+@triton.jit
+def _chunk_state(
+    q_ptr, k_ptr, v_ptr, valid_ptr, do_ptr, lg_ptr, wq_ptr, wk_ptr, rinv_ptr, dden_ptr,
+    h_ptr, z_ptr, dh_ptr, dz_ptr, gtot_ptr,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    T, HKV, NT, gate_scale, mix_lin,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+    GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr, HAS_VALID: tl.constexpr,
+    STATES: tl.constexpr, WITH_DO: tl.constexpr,
+):
+    """Chunk-level summaries, parallel over (chunk, batch * kv head).
+
+    STATES: h[n] <- sum_s (phi(k_s) exp(G_n - b_s))^T v_s (the chunk's contribution to the next state),
+            z[n] <- the same with v = 1 (NORM), gtot[n] <- G_n the chunk's total log-gate.
+    WITH_DO: dh[n] <- sum_heads (phi(q_t) exp(b_t))^T dnum_t (the chunk's pull on its start state),
+             dz[n] <- the same with dden_t (NORM).
+    b is the in-chunk cumulative log-gate; every exponent is <= 0.
+    """
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // HKV).to(tl.int64)
+    hk = (pid % HKV).to(tl.int64)
+    rows = tl.arange(0, BT)
+    cols = tl.arange(0, D)
+    fcols = tl.arange(0, F)
+    vcols = tl.arange(0, DV)
+    t = n * BT + rows
+    tin = t < T
+    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
+    kraw = _load_rows(k_ptr, b * stride_kb + hk * stride_kh, t, T, stride_kt, cols, 0.0)
+    g = _gate_rows(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
     cum = tl.cumsum(g, 0)
     total = tl.sum(g, 0)
-    return kraw, kf, cum, total
+    cidx = (b * HKV + hk) * NT + n
+    hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
+    if STATES:
+        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP) * valf[:, None]
+        vv = _load_rows(v_ptr, b * stride_vb + hk * stride_vh, t, T, stride_vt, vcols, 0.0)
+        kend = kf * tl.exp(total[None, :] - cum)
+        tl.store(h_ptr + hidx, tl.dot(tl.trans(kend), vv))
+        if NORM:
+            tl.store(z_ptr + cidx * F + fcols, tl.sum(kend, 0))
+        if GATE == 1:
+            tl.store(gtot_ptr + cidx * D + cols, total)
+        if GATE == 2:
+            tl.store(gtot_ptr + cidx + tl.arange(0, 1), total)
+    if WITH_DO:
+        e_cum = tl.exp(cum)
+        dS = tl.zeros((F, DV), dtype=tl.float32)
+        dz = tl.zeros((F,), dtype=tl.float32)
+        for j in range(0, G):
+            h = hk * G + j
+            qt = _fmap(_load_rows(q_ptr, b * stride_qb + h * stride_qh, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols,
+                       BT, D, FMAP) * e_cum
+            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0)
+            do = do * (valf * mix_lin)[:, None]
+            if NORM:
+                rbase = (b * HKV * G + h) * T
+                do = do * tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)[:, None]
+                dz += tl.sum(qt * tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)[:, None], 0)
+            dS += tl.dot(tl.trans(qt), do)
+        tl.store(dh_ptr + hidx, dS)
+        if NORM:
+            tl.store(dz_ptr + cidx * F + fcols, dz)
+
+
+@triton.jit
+def _chunk_scan(
+    h_ptr, z_ptr, dh_ptr, dz_ptr, gtot_ptr, s0_ptr, st_ptr, NT, FIRST,
+    D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
+    GATE: tl.constexpr, NORM: tl.constexpr, HAS_S0: tl.constexpr, STORE_ST: tl.constexpr,
+):
+    """Inter-chunk recurrence over the chunk summaries, in place (fp32).
+
+    mode 0 (program_id(2) + FIRST): h[n] (chunk contribution) -> state at the start of chunk n
+        (S_0 = s0; S_{n+1} = exp(G_n) S_n + h[n]); the final state goes to ``st``. Same for z.
+    mode 1: dh[n] (chunk's pull) -> gradient w.r.t. the state at the END of chunk n
+        (X_{NT-1} = 0; X_{n-1} = dh[n] + exp(G_n) X_n). Same for dz.
+    Parallel over (batch * kv head, blocks of BK feature rows); each program walks the chunks.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    kblk = tl.program_id(1)
+    mode = tl.program_id(2) + FIRST
+    krows = kblk * BK + tl.arange(0, BK)
+    vcols = tl.arange(0, DV)
+    idx = krows[:, None] * DV + vcols[None, :]
+    S = tl.zeros((BK, DV), dtype=tl.float32)
+    Z = tl.zeros((BK,), dtype=tl.float32)
+    if mode == 0:
+        sp, zp = h_ptr, z_ptr
+        if HAS_S0:
+            S += tl.load(s0_ptr + pid * F * DV + idx)
+    else:
+        sp, zp = dh_ptr, dz_ptr
+    for i in range(0, NT):
+        n = tl.where(mode == 0, i, NT - 1 - i)
+        c = pid * NT + n
+        L = tl.load(sp + c * F * DV + idx)
+        tl.store(sp + c * F * DV + idx, S)
+        if NORM:
+            Lz = tl.load(zp + c * F + krows)
+            tl.store(zp + c * F + krows, Z)
+        if GATE == 1:
+            e = tl.exp(tl.load(gtot_ptr + c * D + krows))
+            S = S * e[:, None]
+            Z = Z * e
+        if GATE == 2:
+            e1 = tl.exp(tl.load(gtot_ptr + c))
+            S = S * e1
+            Z = Z * e1
+        S = S + L
+        if NORM:
+            Z = Z + Lz
+    if STORE_ST:
+        if mode == 0:
+            tl.store(st_ptr + pid * F * DV + idx, S)
+
+
+@triton.jit
+def _window_mix(h, alpha_ptr, mix_win, MIXP: tl.constexpr):
+    if MIXP:
+        return tl.load(alpha_ptr + h).to(tl.float32)
+    else:
+        return mix_win
 
 
 @triton.jit
 def _hybrid_fwd(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, o_ptr, m_ptr, den_ptr, s0_ptr, st_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
+    o_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
-    T, HKV, scale, gate_scale, mix_lin, mix_win,
-    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr, W: tl.constexpr,
-    HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, HAS_VALID: tl.constexpr,
-    HAS_S0: tl.constexpr, STORE_ST: tl.constexpr,
+    T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    """Output of one chunk of BT tokens for all G query heads of a kv head; parallel over chunks.
+
+    The linear branch starts from the chunk's start state h[n] (from ``_chunk_scan``) and walks the
+    chunk in sub-blocks of BC tokens (BC = 16 bounds the factorised in-block decay for the key gate).
+    """
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    pid_v = tl.program_id(2)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
+    fcols = tl.arange(0, F)
     vcols = pid_v * BV + tl.arange(0, BV)
     kbase = b * stride_kb + hk * stride_kh
     vbase = b * stride_vb + hk * stride_vh
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
-    sidx = hk * D * DV + cols[:, None] * DV + vcols[None, :]
-    S = tl.zeros((D, BV), dtype=tl.float32)
-    if HAS_S0:
-        S += tl.load(s0_ptr + b * HKV * D * DV + sidx)
-    NT = tl.cdiv(T, BT)
-    for n in range(0, NT):
-        t = n * BT + rows
+    if HAS_LIN:
+        cidx = (b * HKV + hk) * NT + n
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        if NORM:
+            Z = tl.load(z_ptr + cidx * F + fcols)
+    for i in range(0, BT // BC):
+        t0 = n * BT + i * BC
+        t = t0 + rows
         tin = t < T
-        valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
-        valf = valid_t.to(tl.float32)
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
         vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
         if HAS_LIN:
-            kraw, kf, cum, total = _key_chunk(k_ptr, kbase, t, T, stride_kt, cols, valf, gate_scale, GATE)
-            khat = kf * tl.exp(-cum)
+            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP) * valf[:, None]
+            g = _gate_rows(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+            cum = tl.cumsum(g, 0)
+            total = tl.sum(g, 0)
             kend = kf * tl.exp(total[None, :] - cum)
         for j in range(0, G):
             h = hk * G + j
             qbase = b * stride_qb + h * stride_qh
             qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-            acc = tl.zeros((BT, BV), dtype=tl.float32)
+            acc = tl.zeros((BC, BV), dtype=tl.float32)
             if HAS_LIN:
-                qt = _softmax_rows(qraw) * tl.exp(cum)
-                a = tl.where(causal, tl.dot(qt, tl.trans(khat)), 0.0)
-                acc += mix_lin * (tl.dot(a, vv) + tl.dot(qt, S))
+                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP)
+                qt = qf * tl.exp(cum)
+                a = _intra(qf, kf, cum, causal, BC, GATE)
+                lin = tl.dot(a, vv) + tl.dot(qt, S)
+                if NORM:
+                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                    lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
+                acc += mix_lin * lin
             if HAS_WIN:
-                qr = _rope(qraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-                m_i = tl.full((BT,), float("-inf"), tl.float32)
-                l_i = tl.zeros((BT,), dtype=tl.float32)
-                accw = tl.zeros((BT, BV), dtype=tl.float32)
-                lo = tl.maximum(n * BT - W + 1, 0) // BT
-                for kb in range(lo, n + 1):
-                    s = kb * BT + rows
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                qr = _rope(qraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+                m_i = tl.full((BC,), float("-inf"), tl.float32)
+                l_i = tl.zeros((BC,), dtype=tl.float32)
+                accw = tl.zeros((BC, BV), dtype=tl.float32)
+                lo = tl.maximum(t0 - W + 1, 0) // BC
+                for kb in range(lo, t0 // BC + 1):
+                    s = kb * BC + rows
                     valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
                     kr = _rope(_load_rows(k_ptr, kbase, s, T, stride_kt, cols, 0.0), cos_ptr, sin_ptr, cbase, s, T,
-                               stride_ct, cols, BT, D)
+                               stride_ct, cols, BC, D)
                     vs = _load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)
                     sc = tl.dot(qr, tl.trans(kr)) * scale
                     ok = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - W) & valid_s[None, :]
@@ -174,7 +390,15 @@ def _hybrid_fwd(
                     accw = accw * alpha[:, None] + tl.dot(p, vs)
                     m_i = m_new
                 m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
-                acc += mix_win * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
+                if NS > 0:
+                    # Sink logits join the denominator only (rescaled to the common maximum).
+                    sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
+                    m_all = tl.maximum(m_fin, tl.max(sk, 0))
+                    r = tl.exp(m_fin - m_all)
+                    l_i = l_i * r + tl.sum(tl.exp(sk[None, :] - m_all[:, None]), 1)
+                    accw = accw * r[:, None]
+                    m_fin = m_all
+                acc += mw * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
                 if pid_v == 0:
                     rbase = (b * HKV * G + h) * T
                     tl.store(m_ptr + rbase + t, m_fin, mask=tin)
@@ -185,8 +409,8 @@ def _hybrid_fwd(
                      mask=tin[:, None])
         if HAS_LIN:
             S = S * tl.exp(total)[:, None] + tl.dot(tl.trans(kend), vv)
-    if STORE_ST:
-        tl.store(st_ptr + b * HKV * D * DV + sidx, S)
+            if NORM:
+                Z = Z * tl.exp(total) + tl.sum(kend, 0)
 
 
 @triton.jit
@@ -198,194 +422,270 @@ def _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W: tl.constexp
 
 @triton.jit
 def _hybrid_bwd_q(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, do_ptr, m_ptr, den_ptr,
-    dq_ptr, delta_ptr, dlq_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr,
+    do_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
+    dq_ptr, delta_ptr, dlq_ptr, rinv_ptr, dden_ptr, dwq_ptr,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
-    T, HKV, scale, gate_scale, mix_lin, mix_win,
-    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, W: tl.constexpr,
-    HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, HAS_VALID: tl.constexpr,
+    T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
+    NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dq for all G heads of one (batch, kv head); dq is laid out like q (contiguous)."""
-    pid = tl.program_id(0)
+    """dq for all G heads of one (chunk, batch, kv head); dq is laid out like q (contiguous).
+
+    Also per row ``delta = do . o_win`` (unscaled by the mix), per token ``sum_heads phi(q) * dphi(q)``
+    (gate gradient) and, normalised, per row 1 / (den + eps) and the denominator's gradient."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
-    vcols = tl.arange(0, DV)
-    kbase = b * stride_kb + hk * stride_kh
-    vbase = b * stride_vb + hk * stride_vh
-    cbase = b * stride_cb
-    strict = rows[:, None] > rows[None, :]
-    S = tl.zeros((D, DV), dtype=tl.float32)
-    NT = tl.cdiv(T, BT)
-    for n in range(0, NT):
-        t = n * BT + rows
-        tin = t < T
-        valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
-        valf = valid_t.to(tl.float32)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
-        if HAS_LIN:
-            kraw, kf, cum, total = _key_chunk(k_ptr, kbase, t, T, stride_kt, cols, valf, gate_scale, GATE)
-            khat = kf * tl.exp(-cum)
-            kend = kf * tl.exp(total[None, :] - cum)
-            dlq = tl.zeros((BT, D), dtype=tl.float32)
-        for j in range(0, G):
-            h = hk * G + j
-            qbase = b * stride_qb + h * stride_qh
-            qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
-            dq = tl.zeros((BT, D), dtype=tl.float32)
-            if HAS_LIN:
-                qf = _softmax_rows(qraw)
-                e_cum = tl.exp(cum)
-                do_l = do * mix_lin
-                # Strictly causal part and diagonal apart: the diagonal cancels exactly in the gate
-                # gradient, so it is left out of ``dlq`` instead of being cancelled numerically.
-                da = tl.where(strict, tl.dot(do_l, tl.trans(vv)), 0.0)
-                dqf = (tl.dot(da, khat) + tl.dot(do_l, tl.trans(S))) * e_cum
-                dlq += qf * dqf
-                dqf += kf * tl.sum(do_l * vv, 1)[:, None]
-                qdq = qf * dqf
-                dq += qdq - qf * tl.sum(qdq, 1)[:, None]
-            if HAS_WIN:
-                rbase = (b * HKV * G + h) * T
-                qr = _rope(qraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-                m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
-                den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
-                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-                do_w = do * mix_win
-                lo = tl.maximum(n * BT - W + 1, 0) // BT
-                # delta = do_win . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
-                # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
-                delta = tl.zeros((BT,), dtype=tl.float32)
-                for kb in range(lo, n + 1):
-                    s = kb * BT + rows
-                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                    kr = _rope(_load_rows(k_ptr, kbase, s, T, stride_kt, cols, 0.0), cos_ptr, sin_ptr, cbase, s, T,
-                               stride_ct, cols, BT, D)
-                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W)
-                    dp = tl.dot(do_w, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)))
-                    delta += tl.sum(p * dp, 1)
-                tl.store(delta_ptr + rbase + t, delta, mask=tin)
-                dqr = tl.zeros((BT, D), dtype=tl.float32)
-                for kb in range(lo, n + 1):
-                    s = kb * BT + rows
-                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                    kr = _rope(_load_rows(k_ptr, kbase, s, T, stride_kt, cols, 0.0), cos_ptr, sin_ptr, cbase, s, T,
-                               stride_ct, cols, BT, D)
-                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W)
-                    dp = tl.dot(do_w, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)))
-                    dqr += tl.dot(p * (dp - delta[:, None]), kr)
-                dq += _rope_grad(dqr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-            dqbase = (b * HKV * G + h) * T * D
-            tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
-                     mask=tin[:, None])
-        if HAS_LIN:
-            tl.store(dlq_ptr + (b * HKV + hk) * T * D + t[:, None] * D + cols[None, :], dlq, mask=tin[:, None])
-            S = S * tl.exp(total)[:, None] + tl.dot(tl.trans(kend), vv)
-
-
-@triton.jit
-def _hybrid_bwd_kv(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, do_ptr, m_ptr, den_ptr, delta_ptr, dlq_ptr,
-    dk_ptr, dv_ptr,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot,
-    stride_cb, stride_ct,
-    T, HKV, scale, gate_scale, mix_lin, mix_win,
-    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, W: tl.constexpr,
-    HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, HAS_VALID: tl.constexpr,
-):
-    """dk, dv of one (batch, kv head), walking the chunks backwards; dk/dv contiguous (B, Hkv, T, D)."""
-    pid = tl.program_id(0)
-    b = (pid // HKV).to(tl.int64)
-    hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
-    cols = tl.arange(0, D)
+    fcols = tl.arange(0, F)
     vcols = tl.arange(0, DV)
     kbase = b * stride_kb + hk * stride_kh
     vbase = b * stride_vb + hk * stride_vh
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
     strict = rows[:, None] > rows[None, :]
-    dS = tl.zeros((D, DV), dtype=tl.float32)
-    carry = tl.zeros((D,), dtype=tl.float32)
-    NT = tl.cdiv(T, BT)
-    for i in range(0, NT):
-        n = NT - 1 - i
-        t = n * BT + rows
+    if HAS_LIN:
+        cidx = (b * HKV + hk) * NT + n
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        if NORM:
+            Z = tl.load(z_ptr + cidx * F + fcols)
+    for i in range(0, BT // BC):
+        t0 = n * BT + i * BC
+        t = t0 + rows
+        tin = t < T
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
+        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
+        if HAS_LIN:
+            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP) * valf[:, None]
+            g = _gate_rows(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+            cum = tl.cumsum(g, 0)
+            total = tl.sum(g, 0)
+            kend = kf * tl.exp(total[None, :] - cum)
+            dlq = tl.zeros((BC, F), dtype=tl.float32)
+        for j in range(0, G):
+            h = hk * G + j
+            qbase = b * stride_qb + h * stride_qh
+            rbase = (b * HKV * G + h) * T
+            qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
+            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
+            dq = tl.zeros((BC, D), dtype=tl.float32)
+            if HAS_LIN:
+                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP)
+                e_cum = tl.exp(cum)
+                dnum = do * mix_lin
+                # Strictly causal part and diagonal apart: the diagonal cancels exactly in the gate
+                # gradient, so it is left out of ``dlq`` instead of being cancelled numerically.
+                da = tl.dot(dnum, tl.trans(vv))
+                dstate = tl.dot(dnum, tl.trans(S))
+                diag = tl.sum(dnum * vv, 1)
+                if NORM:
+                    qt = qf * e_cum
+                    a = _intra(qf, kf, cum, causal, BC, GATE)
+                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                    rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
+                    lin = (tl.dot(a, vv) + tl.dot(qt, S)) * rinv[:, None]
+                    dden = -tl.sum(dnum * lin, 1) * rinv
+                    tl.store(rinv_ptr + rbase + t, rinv, mask=tin)
+                    tl.store(dden_ptr + rbase + t, dden, mask=tin)
+                    da = da * rinv[:, None] + dden[:, None]
+                    dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
+                    diag = diag * rinv + dden
+                da = tl.where(strict, da, 0.0)
+                dqf = _intra_left(da, kf, cum, strict, BC, GATE) + dstate * e_cum
+                dlq += qf * dqf
+                dqf += kf * diag[:, None]
+                dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BC, D, FMAP)
+            if HAS_WIN:
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                qr = _rope(qraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+                m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
+                den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
+                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
+                lo = tl.maximum(t0 - W + 1, 0) // BC
+                # delta = do . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
+                # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
+                delta = tl.zeros((BC,), dtype=tl.float32)
+                for kb in range(lo, t0 // BC + 1):
+                    s = kb * BC + rows
+                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                    kr = _rope(_load_rows(k_ptr, kbase, s, T, stride_kt, cols, 0.0), cos_ptr, sin_ptr, cbase, s, T,
+                               stride_ct, cols, BC, D)
+                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W)
+                    dp = tl.dot(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)))
+                    delta += tl.sum(p * dp, 1)
+                tl.store(delta_ptr + rbase + t, delta, mask=tin)
+                dqr = tl.zeros((BC, D), dtype=tl.float32)
+                for kb in range(lo, t0 // BC + 1):
+                    s = kb * BC + rows
+                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                    kr = _rope(_load_rows(k_ptr, kbase, s, T, stride_kt, cols, 0.0), cos_ptr, sin_ptr, cbase, s, T,
+                               stride_ct, cols, BC, D)
+                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W)
+                    dp = tl.dot(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)))
+                    dqr += tl.dot(p * (dp - delta[:, None]), kr)
+                dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+            dqbase = (b * HKV * G + h) * T * D
+            tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
+                     mask=tin[:, None])
+        if HAS_LIN:
+            tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
+            S = S * tl.exp(total)[:, None] + tl.dot(tl.trans(kend), vv)
+            if NORM:
+                Z = Z * tl.exp(total) + tl.sum(kend, 0)
+
+
+@triton.jit
+def _hybrid_bwd_kv(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr,
+    do_ptr, m_ptr, den_ptr, delta_ptr, dlq_ptr, rinv_ptr, dden_ptr, h_ptr, z_ptr, dh_ptr, dz_ptr,
+    dk_ptr, dv_ptr, dlg_ptr, dwk_ptr,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    stride_cb, stride_ct,
+    T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
+    NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    """dk, dv (and the log-gate gradient) of one (chunk, batch, kv head), sub-blocks walked backwards.
+
+    Starts from dh[n] (gradient w.r.t. the state at the chunk's end, from ``_chunk_scan``). The gate
+    gradient is a reverse cumulative sum of ``phi(q) dphi(q) - phi(k) dphi(k)``; everything after the
+    chunk sums to ``sum_v S_{n+1} * dS_{n+1}`` (scaling the state at the boundary), so no cross-chunk
+    pass is needed. dk/dv contiguous (B, Hkv, T, D)."""
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    b = (pid // HKV).to(tl.int64)
+    hk = (pid % HKV).to(tl.int64)
+    rows = tl.arange(0, BC)
+    cols = tl.arange(0, D)
+    fcols = tl.arange(0, F)
+    vcols = tl.arange(0, DV)
+    kbase = b * stride_kb + hk * stride_kh
+    vbase = b * stride_vb + hk * stride_vh
+    cbase = b * stride_cb
+    lgbase = (b * HKV + hk) * T
+    causal = rows[:, None] >= rows[None, :]
+    strict = rows[:, None] > rows[None, :]
+    NBT = tl.cdiv(T, BC)
+    if HAS_LIN:
+        cidx = (b * HKV + hk) * NT + n
+        hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
+        dS = tl.load(dh_ptr + hidx)
+        if NORM:
+            dZ = tl.load(dz_ptr + cidx * F + fcols)
+        carry = tl.zeros((D,), dtype=tl.float32)
+        if GATE == 1:
+            if n + 1 < NT:
+                cvec = tl.sum(tl.load(h_ptr + hidx + F * DV) * dS, 1)
+                if NORM:
+                    cvec += tl.load(z_ptr + (cidx + 1) * F + fcols) * dZ
+                carry += cvec
+    for ii in range(0, BT // BC):
+        i = BT // BC - 1 - ii
+        t0 = n * BT + i * BC
+        t = t0 + rows
         tin = t < T
         valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
         valf = valid_t.to(tl.float32)
         vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
         kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-        dv = tl.zeros((BT, DV), dtype=tl.float32)
-        dk = tl.zeros((BT, D), dtype=tl.float32)
+        dv = tl.zeros((BC, DV), dtype=tl.float32)
+        dk = tl.zeros((BC, D), dtype=tl.float32)
         if HAS_LIN:
-            kraw, kf, cum, total = _key_chunk(k_ptr, kbase, t, T, stride_kt, cols, valf, gate_scale, GATE)
-            khat = kf * tl.exp(-cum)
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP) * valf[:, None]
+            g = _gate_rows(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
+            cum = tl.cumsum(g, 0)
+            total = tl.sum(g, 0)
             e_end = tl.exp(total[None, :] - cum)
             kend = kf * e_end
-            dkf = e_end * tl.dot(vv, tl.trans(dS))
-            dkf_diag = tl.zeros((BT, D), dtype=tl.float32)
+            dsv = tl.dot(vv, tl.trans(dS))
+            if NORM:
+                dsv += dZ[None, :]
+            dkf = e_end * dsv
+            dkf_diag = tl.zeros((BC, F), dtype=tl.float32)
             dv += tl.dot(kend, dS)
             dS_prev = dS * tl.exp(total)[:, None]
+            if NORM:
+                dZ_prev = dZ * tl.exp(total)
         if HAS_WIN:
-            kr = _rope(kraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-            dkr = tl.zeros((BT, D), dtype=tl.float32)
-            q_hi = tl.minimum(NT, n + (W + BT - 2) // BT + 1)
+            kr = _rope(kraw, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+            dkr = tl.zeros((BC, D), dtype=tl.float32)
+            q_hi = tl.minimum(NBT, t0 // BC + (W + BC - 2) // BC + 1)
         for j in range(0, G):
             h = hk * G + j
             qbase = b * stride_qb + h * stride_qh
             obase = b * stride_ob + h * stride_oh
+            rbase = (b * HKV * G + h) * T
             if HAS_LIN:
                 qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-                do_l = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
-                qt = _softmax_rows(qraw) * tl.exp(cum)
-                a = tl.where(causal, tl.dot(qt, tl.trans(khat)), 0.0)
-                dv += tl.dot(tl.trans(a), do_l)
-                da = tl.where(strict, tl.dot(do_l, tl.trans(vv)), 0.0)
-                dkf += tl.dot(tl.trans(da), qt) * tl.exp(-cum)
-                dkf_diag += (qt * tl.exp(-cum)) * tl.sum(do_l * vv, 1)[:, None]
-                dS_prev += tl.dot(tl.trans(qt), do_l)
+                dnum = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
+                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP)
+                qt = qf * tl.exp(cum)
+                a = _intra(qf, kf, cum, causal, BC, GATE)
+                da = tl.dot(dnum, tl.trans(vv))
+                diag = tl.sum(dnum * vv, 1)
+                if NORM:
+                    rinv = tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)
+                    dden = tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)
+                    dnum = dnum * rinv[:, None]
+                    da = da * rinv[:, None] + dden[:, None]
+                    diag = diag * rinv + dden
+                    dZ_prev += tl.sum(qt * dden[:, None], 0)
+                dv += tl.dot(tl.trans(a), dnum)
+                da = tl.where(strict, da, 0.0)
+                dkf += _intra_right(da, qf, cum, strict, BC, GATE)
+                dkf_diag += qf * diag[:, None]
+                dS_prev += tl.dot(tl.trans(qt), dnum)
             if HAS_WIN:
-                rbase = (b * HKV * G + h) * T
-                valid_s = valid_t
-                for qb in range(n, q_hi):
-                    tq = qb * BT + rows
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                for qb in range(t0 // BC, q_hi):
+                    tq = qb * BC + rows
                     tqin = tq < T
                     valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
                     qr = _rope(_load_rows(q_ptr, qbase, tq, T, stride_qt, cols, 0.0), cos_ptr, sin_ptr, cbase, tq, T,
-                               stride_ct, cols, BT, D)
-                    do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mix_win)[:, None]
-                    m = tl.load(m_ptr + rbase + tq, mask=tqin, other=0.0)
-                    den = tl.load(den_ptr + rbase + tq, mask=tqin, other=0.0)
-                    delta = tl.load(delta_ptr + rbase + tq, mask=tqin, other=0.0)
+                               stride_ct, cols, BC, D)
+                    do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mw)[:, None]
+                    rq = rbase + tq
+                    m = tl.load(m_ptr + rq, mask=tqin, other=0.0)
+                    den = tl.load(den_ptr + rq, mask=tqin, other=0.0)
+                    delta = tl.load(delta_ptr + rq, mask=tqin, other=0.0) * mw
                     inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-                    p = _window_block_probs(qr, kr, tq, t, valid_s, m, inv_den, scale, W)
+                    p = _window_block_probs(qr, kr, tq, t, valid_t, m, inv_den, scale, W)
                     dv += tl.dot(tl.trans(p), do_w)
                     dp = tl.dot(do_w, tl.trans(vv))
                     dkr += tl.dot(tl.trans(p * (dp - delta[:, None])), qr)
         if HAS_LIN:
-            dlam = tl.load(dlq_ptr + (b * HKV + hk) * T * D + t[:, None] * D + cols[None, :], mask=tin[:, None],
+            dlam = tl.load(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], mask=tin[:, None],
                            other=0.0) - kf * dkf
-            sm = _softmax_rows(kraw)
             dsm = (dkf + dkf_diag) * valf[:, None]
-            dk += sm * (dsm - tl.sum(sm * dsm, 1)[:, None])
+            dk += _fmap_bwd(kraw, dsm, wk_ptr, dwk_ptr, hk, cols, BC, D, FMAP)
             if GATE == 1:
                 dg = tl.cumsum(dlam, 0, reverse=True) + carry[None, :]
                 sig_neg = 1.0 / (1.0 + tl.exp(kraw))
                 dk += dg * sig_neg * (valf / gate_scale)[:, None]
-            carry += tl.sum(dlam, 0)
+                carry += tl.sum(dlam, 0)
+            if GATE == 2:
+                # Per-head gate: store the per-token terms; the reverse cumulative sum over the whole
+                # sequence is a (B, Hkv, T) scan done by the caller (better conditioned than the
+                # boundary identity, which sums F x Dv products).
+                tl.store(dlg_ptr + lgbase + t, tl.sum(dlam, 1) * valf, mask=tin)
             dS = dS_prev
+            if NORM:
+                dZ = dZ_prev
         if HAS_WIN:
-            dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
+            dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
         dkv_base = (b * HKV + hk) * T
         tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
                  mask=tin[:, None])
