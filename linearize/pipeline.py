@@ -1,20 +1,38 @@
-"""The main job: load the teacher, convert it, measure, save.
+"""The main job: load the teacher, convert it, recover it, measure, save.
 
-``run_pipeline`` is what ``linearize MODEL`` runs. Each step reports progress; the result holds
-every number measured so the CLI can print a table and the report can be saved with the model.
+``run_pipeline`` is what ``linearize MODEL`` (and ``accelerate launch -m linearize.cli train``)
+runs: load -> teacher perplexity -> convert -> converted perplexity -> stage 1 attention transfer
+(recipes with new parameters) -> stage 2 LoRA recovery, merged -> recovered perplexity -> save.
+The result holds every number measured so the CLI can print a table and the report can be saved
+with the model.
+
+Budgets: ``paper`` trains what the recipe says (~20M tokens per stage, the recipe's dataset);
+``demo`` is a CPU-sized run on the offline corpus that finishes in minutes on two cores;
+``auto`` (the default) is ``paper`` when a GPU is present and ``demo`` otherwise.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from .offline_text import heldout_documents
 from .perplexity import perplexity, tokenize_documents
 from .recipes import Recipe, recipe_source
 from .surgery import check_supported, linearize_model
 from .teachers import LoadedModel, load_model
+
+BUDGETS = ("auto", "demo", "paper")
+# CPU demo: sized for the offline SmolLM2-135M on 2 cores (~90 training tok/s): a few minutes per stage.
+DEMO_BUDGET = {
+    "transfer": {"tokens": 8 * 1024, "seq_len": 256, "batch_size": 4, "checkpoint_every": 4},
+    "recovery": {"tokens": 24 * 1024, "seq_len": 256, "batch_size": 4, "checkpoint_every": 8},
+}
 
 
 @dataclass
@@ -23,21 +41,36 @@ class PipelineResult:
     recipe: str
     out_dir: Path | None
     perplexity: dict[str, float] = field(default_factory=dict)  # stage -> held-out perplexity
+    other_perplexity: dict[str, float] = field(default_factory=dict)  # stage -> ppl on a second source
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
+    training: dict = field(default_factory=dict)  # stage -> StageResult dict, plus data/budget
+    run_dir: Path | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "teacher": self.teacher,
             "recipe": self.recipe,
             "heldout_perplexity": self.perplexity,
             "seconds": self.seconds,
         }
+        if self.other_perplexity:
+            out["other_source_perplexity"] = self.other_perplexity
+        if self.training:
+            out["training"] = self.training
+        return out
 
     def table(self) -> str:
-        rows = [("model", "held-out ppl")] + [(k, f"{v:.2f}") for k, v in self.perplexity.items()]
-        width = max(len(r[0]) for r in rows)
-        lines = [f"{a:<{width}}  {b:>12}" for a, b in rows]
-        lines.insert(1, "-" * (width + 14))
+        header = ("model", "held-out ppl") + (("licence-text ppl",) if self.other_perplexity else ())
+        rows = [header]
+        for k, v in self.perplexity.items():
+            row = (k, f"{v:.2f}")
+            if self.other_perplexity:
+                other = self.other_perplexity.get(k)
+                row += ("" if other is None else f"{other:.2f}",)
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
         return "\n".join(lines + [f"time: {times}"])
 
@@ -56,6 +89,44 @@ def heldout_tokens(tokenizer, max_tokens: int):
     return tokenize_documents(tokenizer, heldout_documents(), max_tokens)
 
 
+def resolve_budget(budget: str | None) -> str:
+    budget = budget or "auto"
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}")
+    if budget == "auto":
+        return "paper" if torch.cuda.is_available() else "demo"
+    return budget
+
+
+def apply_budget(recipe: Recipe, budget: str, tokens: int | None = None) -> Recipe:
+    """The recipe with its stage sizes replaced by the budget's (``paper`` keeps them).
+
+    ``tokens`` overrides the token count of every stage.
+    """
+    budget = resolve_budget(budget)
+    updates = {}
+    for stage in ("transfer", "recovery"):
+        settings = getattr(recipe, stage)
+        if settings is None:
+            continue
+        change = dict(DEMO_BUDGET[stage]) if budget == "demo" else {}
+        if tokens is not None:
+            change["tokens"] = int(tokens)
+        if change:
+            updates[stage] = settings.model_copy(update=change)
+    new = recipe.model_copy(update=updates)
+    source = recipe_source(recipe)
+    if source is not None:
+        object.__setattr__(new, "_source", source)
+    return new
+
+
+def default_run_dir(out_dir: str | Path) -> Path:
+    """Checkpoints, metrics.jsonl and loss.png live beside the model: ``<out>.train/``."""
+    out = Path(out_dir).expanduser()
+    return out.with_name(out.name + ".train")
+
+
 def run_pipeline(
     model_spec: str | None,
     recipe: Recipe,
@@ -63,35 +134,142 @@ def run_pipeline(
     eval_tokens: int = 4096,
     eval_seq_len: int = 512,
     log=print,
+    *,
+    data: str | None = None,
+    budget: str | None = "auto",
+    tokens: int | None = None,
+    resume: bool = False,
+    run_dir: str | Path | None = None,
+    train: bool = True,
+    other_source: bool = False,
+    progress: bool = True,
 ) -> PipelineResult:
-    """Load -> teacher perplexity -> convert -> student perplexity -> save."""
+    """Load -> teacher ppl -> convert -> converted ppl -> stage 1 -> stage 2 -> recovered ppl -> save.
+
+    ``data``: ``offline``, a local file/directory or a Hub dataset id; default: the offline corpus
+    for the demo budget, the recipe's dataset otherwise. ``other_source`` also measures perplexity
+    on licence texts (a second held-out source, see :func:`linearize.data.license_documents`).
+    """
+    from .data import check_source, license_documents, prepare_data
     from .export import save_model
+    from .training import (
+        StageConfig,
+        apply_lora,
+        freeze_for_transfer,
+        make_accelerator,
+        merge_lora,
+        train_stage,
+    )
+
+    budget = resolve_budget(budget)
+    recipe = apply_budget(recipe, budget, tokens)
+    data_source = data or ("offline" if budget == "demo" else recipe.data.dataset)
+    accelerator = make_accelerator() if train else None
+    is_main = accelerator is None or accelerator.is_main_process
+    say = log if is_main else (lambda *a, **k: None)
+    if train:
+        check_source(data_source)  # a missing or empty data file fails before the model loads
 
     t0 = time.perf_counter()
-    log(f"loading {model_spec or 'the offline default teacher'} ...")
+    say(f"loading {model_spec or 'the offline default teacher'} ...")
     loaded = load_model(model_spec)
     check_supported(loaded.model)
     recipe.check_model(loaded.model.config.num_hidden_layers, recipe_source(recipe))
     result = PipelineResult(teacher=loaded.name, recipe=recipe.name, out_dir=Path(out_dir) if out_dir else None)
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    loaded.model.to(device)
     result.seconds["load"] = time.perf_counter() - t0
 
-    tokens = heldout_tokens(loaded.tokenizer, eval_tokens)
-    t0 = time.perf_counter()
-    result.perplexity["teacher"] = perplexity(loaded.model, tokens, eval_seq_len, desc="teacher perplexity")
-    result.seconds["eval teacher"] = time.perf_counter() - t0
+    training_data = None
+    if train:
+        rs = recipe.recovery
+        t0 = time.perf_counter()
+        training_data = prepare_data(
+            loaded.tokenizer, data_source, rs.seq_len, recipe.data.template, recipe.data.validation_fraction,
+            recipe.data.max_samples, recipe.seed,
+        )
+        say(f"data: {training_data.describe()}")
+        result.seconds["data"] = time.perf_counter() - t0
+        result.training["budget"] = budget
+        result.training["data"] = training_data.describe()
 
+    tokens_eval = heldout_tokens(loaded.tokenizer, eval_tokens)
+    other_tokens = tokenize_documents(loaded.tokenizer, license_documents(), eval_tokens) if other_source else None
+
+    def measure(name: str) -> None:
+        t = time.perf_counter()
+        result.perplexity[name] = perplexity(loaded.model, tokens_eval, eval_seq_len, desc=f"{name} perplexity",
+                                             progress=progress and is_main)
+        if other_tokens is not None:
+            result.other_perplexity[name] = perplexity(loaded.model, other_tokens, eval_seq_len,
+                                                       desc=f"{name} perplexity (licences)", progress=progress and is_main)
+        result.seconds[f"eval {name}"] = time.perf_counter() - t
+        extra = f", licence text {result.other_perplexity[name]:.2f}" if name in result.other_perplexity else ""
+        say(f"{name} perplexity: held-out {result.perplexity[name]:.2f}{extra}")
+
+    measure("teacher")
     t0 = time.perf_counter()
     convert(loaded, recipe)
     result.seconds["convert"] = time.perf_counter() - t0
-    log(f"converted {len(loaded.model.model.layers) - len(recipe.softmax_layers)} layers with recipe {recipe.name}")
+    say(f"converted {len(loaded.model.model.layers) - len(recipe.softmax_layers)} layers with recipe {recipe.name}")
+    measure("converted")
 
-    t0 = time.perf_counter()
-    result.perplexity["converted"] = perplexity(loaded.model, tokens, eval_seq_len, desc="converted perplexity")
-    result.seconds["eval converted"] = time.perf_counter() - t0
-
-    if out_dir is not None:
+    if train:
+        run_dir = Path(run_dir) if run_dir else (default_run_dir(out_dir) if out_dir else Path(tempfile.mkdtemp()))
+        result.run_dir = run_dir
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                for stale in ("metrics.jsonl", "loss.png", "transfer", "recovery"):
+                    p = run_dir / stale
+                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+        model = loaded.model
+        # Stage 1: attention transfer (only where the conversion added parameters).
+        if recipe.transfer is not None and freeze_for_transfer(model) > 0:
+            ts = recipe.transfer
+            cfg = StageConfig.from_settings("transfer", ts, seed=recipe.seed)
+            stage_data = training_data
+            if ts.seq_len != recipe.recovery.seq_len:
+                stage_data = prepare_data(
+                    loaded.tokenizer, data_source, ts.seq_len, recipe.data.template,
+                    recipe.data.validation_fraction, recipe.data.max_samples, recipe.seed,
+                )
+            t0 = time.perf_counter()
+            res = train_stage(model, cfg, stage_data.train, stage_data.validation, run_dir, accelerator,
+                              resume=resume, log=say, progress=progress)
+            result.seconds["stage 1 transfer"] = time.perf_counter() - t0
+            result.training["transfer"] = res.to_dict()
+            say(f"stage 1: attention MSE {res.val_before:.4g} -> {res.val_after:.4g} (validation) in {res.seconds:.0f}s")
+        elif recipe.transfer is not None:
+            say("stage 1: skipped (the conversion added no parameters)")
+        else:
+            say("stage 1: skipped (the recipe has no attention transfer)")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        # Stage 2: LoRA recovery, merged into the weights at the end.
+        rs = recipe.recovery
+        cfg = StageConfig.from_settings("recovery", rs, seed=recipe.seed)
+        torch.manual_seed(recipe.seed)
+        peft_model = apply_lora(model, rs.lora)
         t0 = time.perf_counter()
-        save_model(loaded.model, loaded.tokenizer, out_dir, report=result.to_dict())
+        res = train_stage(peft_model, cfg, training_data.train, training_data.validation, run_dir, accelerator,
+                          resume=resume, log=say, progress=progress)
+        result.seconds["stage 2 recovery"] = time.perf_counter() - t0
+        result.training["recovery"] = res.to_dict()
+        say(f"stage 2: validation loss {res.val_before:.4f} -> {res.val_after:.4f} in {res.seconds:.0f}s")
+        loaded.model = merge_lora(peft_model)
+        measure("recovered")
+
+    if out_dir is not None and is_main:
+        t0 = time.perf_counter()
+        saved = save_model(loaded.model, loaded.tokenizer, out_dir, report=result.to_dict())
         result.seconds["save"] = time.perf_counter() - t0
-        log(f"saved to {Path(out_dir).resolve()}")
+        if result.run_dir is not None:
+            for name in ("metrics.jsonl", "loss.png"):
+                if (result.run_dir / name).is_file():
+                    shutil.copy2(result.run_dir / name, Path(saved) / name)
+        say(f"saved to {Path(out_dir).resolve()}")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return result

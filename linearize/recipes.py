@@ -75,6 +75,10 @@ class TransferSettings(_Strict):
     loss_scale: PositiveFloat = 1.0
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: PositiveFloat = 1.0
+    micro_batch_size: PositiveInt | None = None  # per device and step; None: the whole batch on CPU, up to 8 on GPU
+    checkpoint_every: int = Field(50, ge=0)  # optimizer steps between checkpoints (0: only at the end)
+    log_every: PositiveInt = 1  # optimizer steps between lines in metrics.jsonl
+    eval_every: int = Field(0, ge=0)  # optimizer steps between validation passes (0: before and after only)
 
 
 class RecoverySettings(_Strict):
@@ -92,6 +96,10 @@ class RecoverySettings(_Strict):
     kd_weight: float = Field(0.5, ge=0.0, le=1.0)
     kd_temperature: PositiveFloat = 1.0
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    micro_batch_size: PositiveInt | None = None  # per device and step; None: the whole batch on CPU, up to 8 on GPU
+    checkpoint_every: int = Field(50, ge=0)  # optimizer steps between checkpoints (0: only at the end)
+    log_every: PositiveInt = 1  # optimizer steps between lines in metrics.jsonl
+    eval_every: int = Field(0, ge=0)  # optimizer steps between validation passes (0: before and after only)
 
 
 class DataSettings(_Strict):

@@ -1,0 +1,140 @@
+"""Training data: sources, templates, prompt masking, splitting, packing, clear errors."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from linearize.cli import main
+from linearize.data import (
+    ALPACA_PROMPT,
+    IGNORE_INDEX,
+    DataError,
+    Example,
+    license_documents,
+    pack,
+    prepare_data,
+    tokenize_examples,
+)
+from linearize.offline_text import heldout_documents
+
+
+class ByteTokenizer:
+    """A stand-in tokenizer: one token per byte (+3), EOS = 2."""
+
+    eos_token_id = 2
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[b + 3 for b in t.encode()] for t in texts]}
+
+    def decode(self, ids):
+        return bytes(i - 3 for i in ids if i >= 3).decode(errors="replace")
+
+
+TOK = ByteTokenizer()
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_alpaca_prompt_tokens_are_masked(tmp_path):
+    ids, labels = tokenize_examples(TOK, [Example(ALPACA_PROMPT.format(instruction="Add 2 and 2."), "4")])
+    n_prompt = len(ALPACA_PROMPT.format(instruction="Add 2 and 2.").encode())
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] == [ord("4") + 3, TOK.eos_token_id]
+
+    rows = [{"instruction": f"Say {i}.", "input": "loud" if i % 2 else "", "output": f"{i}!"} for i in range(40)]
+    data = prepare_data(TOK, str(_jsonl(tmp_path / "a.jsonl", rows)), 32, template="alpaca", validation_fraction=0.1)
+    assert data.template == "alpaca" and data.num_examples == 40
+    labelled = data.train.labels[data.train.labels != IGNORE_INDEX]
+    assert 0 < labelled.numel() < 0.2 * data.train.num_tokens  # responses are short, prompts long
+    assert "### Input:" in TOK.decode(data.train.input_ids.flatten().tolist())
+    # every labelled token equals its input token (labels are aligned with input_ids)
+    mask = data.train.labels != IGNORE_INDEX
+    assert torch.equal(data.train.labels[mask], data.train.input_ids[mask])
+
+
+def test_text_files_pack_and_split_without_overlap(tmp_path):
+    paragraphs = [f"paragraph number {i} " + "word " * (5 + i % 7) for i in range(50)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs))
+    data = prepare_data(TOK, str(path), 16, template="alpaca", validation_fraction=0.1, seed=3)
+    assert data.template == "text"  # a .txt file has no instruction columns
+    assert data.train.input_ids.shape[1] == 16 and len(data.train) > 10
+    assert (data.train.labels == data.train.input_ids).all()
+    train_text = TOK.decode(data.train.input_ids.flatten().tolist())
+    val_text = TOK.decode(data.validation.input_ids.flatten().tolist())
+    val_numbers = {w for w in val_text.split() if w.isdigit()}
+    assert val_numbers and not any(f"number {n} " in train_text for n in val_numbers if len(n) > 1)
+    # same seed, same split; another seed, another split
+    again = prepare_data(TOK, str(path), 16, validation_fraction=0.1, seed=3)
+    other = prepare_data(TOK, str(path), 16, validation_fraction=0.1, seed=4)
+    assert torch.equal(again.validation.input_ids, data.validation.input_ids)
+    assert not torch.equal(other.validation.input_ids, data.validation.input_ids)
+
+
+def test_parquet_and_directory_sources(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    for part in range(2):
+        pd.DataFrame({"text": [f"row {part}-{i} " * 4 for i in range(20)]}).to_parquet(folder / f"p{part}.parquet")
+    data = prepare_data(TOK, str(folder), 32, template="text")
+    assert data.num_examples == 40 and len(data.train) > 0
+
+
+def test_offline_default_corpus_excludes_heldout_documents():
+    data = prepare_data(TOK, None, 256, max_samples=30)
+    assert data.source.startswith("offline") and len(data.train) > 20
+    text = TOK.decode(data.train.input_ids[:4].flatten().tolist())
+    assert not any(doc[:200] in text for doc in heldout_documents())
+
+
+def test_pack_drops_the_remainder():
+    packed = pack(list(range(10)), list(range(10)), 4)
+    assert packed.input_ids.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing.jsonl", "data file not found"),
+        (lambda p: (p / "empty.txt").write_text("") and None or p / "empty.txt", "empty"),
+        (lambda p: _jsonl(p / "cols.jsonl", [{"question": "q", "answer": "a"}] * 3), "'instruction' and 'output'"),
+        (lambda p: _jsonl(p / "blank.jsonl", [{"text": "   "}] * 3), "empty"),
+        (lambda p: (p / "short.txt").write_text("tiny\n\nbits") and None or p / "short.txt", "fewer training tokens"),
+        (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and None or p / "x.csv", "unsupported data file type"),
+    ],
+)
+def test_bad_data_is_a_clear_error(tmp_path, make, message):
+    with pytest.raises(DataError, match=message):
+        prepare_data(TOK, str(make(tmp_path)), 64, template="alpaca")
+
+
+def test_cli_reports_bad_data_before_loading_or_training(tmp_path, monkeypatch):
+    import linearize.teachers
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not be loaded when the data is bad")
+
+    monkeypatch.setattr(linearize.teachers, "load_model", no_model)
+    monkeypatch.setattr("linearize.pipeline.load_model", no_model)
+    runner = CliRunner()
+    for path, message in [(tmp_path / "nope.txt", "data file not found"), (tmp_path / "empty.jsonl", "empty")]:
+        if path.name.startswith("empty"):
+            path.write_text("")
+        res = runner.invoke(main, ["--data", str(path), "--out", str(tmp_path / "out"), "--budget", "demo"])
+        assert res.exit_code == 2, res.output
+        assert res.output.count("\n") == 1 and message in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_second_heldout_source_is_different_text():
+    docs = license_documents()
+    assert sum(len(d) for d in docs) > 50_000
+    assert "warranty" in " ".join(docs).lower()
+    assert not {d[:100] for d in docs} & {d[:100] for d in heldout_documents()}

@@ -1,0 +1,165 @@
+"""Recovery training on tiny models: stage 1, stage 2, resume, merge, KD, metrics."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from linearize.data import PackedData
+from linearize.losses import cross_entropy_sum, kd_sum, recovery_loss_sum
+from linearize.recipes import LoraSettings, load_recipe
+from linearize.surgery import linearize_model
+from linearize.training import (
+    StageConfig,
+    TrainingError,
+    _forward_loss,
+    apply_lora,
+    freeze_for_transfer,
+    lr_lambda,
+    merge_lora,
+    teacher_mode,
+    train_stage,
+)
+
+SEQ = 32
+
+
+def counting_data(n: int, seed: int) -> PackedData:
+    """Learnable sequences: each token is the previous one + 1 (mod 120, offset 3)."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, 120, (n, 1), generator=g)
+    ids = (start + torch.arange(SEQ)) % 120 + 3
+    return PackedData(ids, ids.clone())
+
+
+TRAIN, VAL = counting_data(32, 0), counting_data(8, 1)
+
+
+def converted(recipe: str = "lizard", seed: int = 0):
+    r = load_recipe(recipe)
+    model = tiny_model("llama", seed=seed)
+    linearize_model(model, r.attention.to_spec(), [1] if recipe == "liger-gla" else [])
+    return model, r
+
+
+def recovery_cfg(**kw) -> StageConfig:
+    base = {"tokens": SEQ * 4 * 8, "seq_len": SEQ, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.1, "checkpoint_every": 0}
+    return StageConfig.from_settings("recovery", load_recipe("lizard").recovery, **{**base, **kw})
+
+
+def test_stage1_lowers_attention_mse(tmp_path):
+    model, r = converted("lizard")
+    assert freeze_for_transfer(model) > 0
+    assert all(".core." in n for n, p in model.named_parameters() if p.requires_grad)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    cfg = StageConfig.from_settings("transfer", r.transfer, tokens=SEQ * 4 * 12, seq_len=SEQ, batch_size=4, lr=2e-2,
+                                    checkpoint_every=0)
+    res = train_stage(model, cfg, TRAIN, VAL, tmp_path, progress=False)
+    assert res.val_after < 0.7 * res.val_before, (res.val_before, res.val_after)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows[1]["layer_mse"]) == 3  # per-layer losses are logged
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_liger_has_nothing_to_transfer():
+    model, _ = converted("liger-gla")
+    assert freeze_for_transfer(model) == 0
+
+
+def test_stage2_lowers_validation_loss_and_merges_exactly(tmp_path):
+    model, _r = converted("lizard")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = apply_lora(model, LoraSettings(rank=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("lora_A" in n for n in names) and any(".core." in n for n in names)  # train_new_modules
+    res = train_stage(peft_model, recovery_cfg(), TRAIN, VAL, tmp_path, progress=False)
+    assert res.val_after < res.val_before - 0.05, (res.val_before, res.val_after)
+
+    ids = VAL.input_ids[:2]
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = peft_model(input_ids=ids, use_cache=False).logits
+    merged = merge_lora(peft_model)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    with torch.no_grad():
+        plain = merged(input_ids=ids, use_cache=False).logits
+    assert (adapted - plain).abs().max() <= 1e-5
+
+
+def test_resume_reaches_the_same_losses(tmp_path):
+    def run(run_dir, **kw):
+        torch.manual_seed(0)
+        model, _ = converted("lizard")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        peft_model = apply_lora(model, LoraSettings(rank=4, alpha=8, dropout=0.1))  # dropout: RNG must match too
+        cfg = recovery_cfg(tokens=SEQ * 4 * 6, micro_batch_size=2, checkpoint_every=2, loss="mix", kd_weight=0.3)
+        return train_stage(peft_model, cfg, TRAIN, None, run_dir, progress=False, **kw)
+
+    def losses(run_dir):
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=3)  # "killed" after step 3; the last checkpoint is step 2
+    assert max(losses(tmp_path / "b")) == 3
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.resumed_from == 2
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-7), step
+    again = run(tmp_path / "b", resume=True)  # a complete stage is not trained again
+    assert again.resumed_from == 6 and losses(tmp_path / "b") == b
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    model, r = converted("lizard")
+    freeze_for_transfer(model)
+    cfg = StageConfig.from_settings("transfer", r.transfer, tokens=SEQ * 4, seq_len=SEQ, batch_size=4)
+    train_stage(model, cfg, TRAIN, None, tmp_path, progress=False)
+    other = StageConfig.from_settings("transfer", r.transfer, tokens=SEQ * 4, seq_len=SEQ, batch_size=4, lr=0.5)
+    with pytest.raises(TrainingError, match="lr"):
+        train_stage(model, other, TRAIN, None, tmp_path, progress=False, resume=True)
+
+
+def test_kd_loss_is_zero_when_student_is_teacher():
+    logits = torch.randn(2, 10, 50)
+    labels = torch.randint(0, 50, (2, 10))
+    labels[0, :4] = -100
+    kd, n = kd_sum(logits, logits.clone(), labels, temperature=2.0)
+    assert kd.item() == 0.0 and n == 2 * 9 - 3
+    assert kd_sum(logits, torch.randn(2, 10, 50), labels)[0].item() > 0
+    ce, _ = cross_entropy_sum(logits, labels)
+    mix, _ = recovery_loss_sum("mix", logits, labels, logits, kd_weight=0.25)
+    assert mix.item() == pytest.approx(0.75 * ce.item())
+
+    # On a converted model: the student in teacher mode with adapters off *is* the KD teacher.
+    model, _ = converted("lizard")
+    peft_model = apply_lora(model, LoraSettings(rank=4, alpha=8))
+    cfg = recovery_cfg(loss="kd")
+    ids = VAL.input_ids[:2]
+    with torch.no_grad():
+        hybrid_kd, _ = _forward_loss(cfg, peft_model, peft_model, ids, ids, 62)
+        with teacher_mode(peft_model):
+            teacher_kd, _ = _forward_loss(cfg, peft_model, peft_model, ids, ids, 62)
+    assert hybrid_kd.item() > 1e-4
+    assert abs(teacher_kd.item()) < 1e-6
+
+
+def test_warmup_cosine_schedule():
+    f = lr_lambda(StageConfig(stage="recovery", lr=1.0, tokens=100 * 8, seq_len=8, batch_size=1, warmup_ratio=0.1))
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
+
+
+def test_nothing_to_train_is_an_error(tmp_path):
+    model, _r = converted("liger-gla")
+    freeze_for_transfer(model)
+    cfg = StageConfig.from_settings("transfer", load_recipe("lizard").transfer, tokens=SEQ * 4, seq_len=SEQ,
+                                    batch_size=4)
+    with pytest.raises(TrainingError, match="no trainable parameters"):
+        train_stage(model, cfg, TRAIN, None, tmp_path, progress=False)
