@@ -23,6 +23,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from .attention_reference import apply_rope
 from .attention_variants import AttentionSpec, HybridAttentionCore
 from .cache_linearized import LinearizedCache
 from .configuration_linearized import CONFIG_CLASSES, linear_layer_indices
@@ -35,16 +36,6 @@ except Exception:  # noqa: BLE001 - any import problem means "use the reference"
 FORCE_REFERENCE_ENV = "LINEARIZE_FORCE_REFERENCE"
 PADDING_MASK_KWARG = "linear_padding_mask"
 ATTENTION_MODES = ("hybrid", "teacher", "transfer")
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 class LinearizedAttention(nn.Module):
@@ -105,7 +96,7 @@ class LinearizedAttention(nn.Module):
         cos, sin = position_embeddings
         use_kernel = self.attention_mode != "teacher" and self._use_kernel(q_raw)
         # The kernel rotates inside; the reference and the teacher path take rotated q/k.
-        q_rope, k_rope = (None, None) if use_kernel else apply_rope(q_raw, k_raw, cos, sin)
+        q_rope, k_rope = (None, None) if use_kernel else apply_rope(q_raw, cos, sin), apply_rope(k_raw, cos, sin)
         padding = kwargs.get(PADDING_MASK_KWARG)
         key_valid = padding[:, -T:].bool() if padding is not None and padding.dim() == 2 else None
         if key_valid is not None and bool(key_valid.all()):
@@ -130,7 +121,7 @@ class LinearizedAttention(nn.Module):
                 cache.set_state(self.layer_idx, new_state, T)
             if self.attention_mode == "transfer":
                 if q_rope is None:
-                    q_rope, k_rope = apply_rope(q_raw, k_raw, cos, sin)
+                    q_rope, k_rope = apply_rope(q_raw, cos, sin), apply_rope(k_raw, cos, sin)
                 with torch.no_grad():
                     target = self.core.teacher_output(
                         q_rope, k_rope, v, self.scaling, key_valid, self.softcap, self.teacher_window

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..attention_reference import apply_rope as _apply_rope
+
 try:
     import triton
 
@@ -41,16 +43,6 @@ except Exception:  # noqa: BLE001 - no triton: everything falls back to the refe
 __all__ = ["hybrid_attention_kernel", "kernel_fallback_reason", "HybridAttentionFunction"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + _rotate_half(x) * sin
 
 
 def _is_pow2(n: int) -> bool:
