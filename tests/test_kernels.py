@@ -159,23 +159,24 @@ def test_prefill_then_decode(branches, window, D, H, HKV):
                 assert _rel(st[name], ref_st[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("variant", ["lizard_state", "lolcats", "softcap", "filled_window"])
+@pytest.mark.parametrize("variant", ["lolcats_state", "lolcats_window48", "softcap", "filled_window"])
 def test_uncovered_variants_fall_back_to_reference(variant):
-    """LoLCATs / softcap / prefill on a non-empty cache / Lizard with a state: explicit reference, same results."""
+    """LoLCATs with a window that is no multiple of the chunk length / softcap / prefill on a non-empty cache /
+    LoLCATs with a state: explicit reference, same results."""
     B, H, HKV, T, D = 2, 3, 1, 17, 64
     softcap, state = None, None
-    if variant == "lizard_state":
-        spec = LIZARD
-    elif variant == "lolcats":
-        spec = AttentionSpec(feature_map="hedgehog", gate="none", mix="shared")
+    if variant in ("lolcats_window48", "lolcats_state"):
+        window = 48 if variant == "lolcats_window48" else 64
+        spec = AttentionSpec(feature_map="hedgehog", gate="none", mix="shared", window=window)
     else:
         spec = AttentionSpec()
     core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True)
     if variant == "softcap":
         softcap = 30.0
-    if variant in ("filled_window", "lizard_state"):
+    if variant in ("filled_window", "lolcats_state"):
         state = core.empty_state(B, q.device, q.dtype)
+    if variant == "filled_window":
         state["valid"][:, -3:] = True
     reason = kernel_fallback_reason(core, q, v, softcap, state)
     assert reason is not None
@@ -187,7 +188,7 @@ def test_uncovered_variants_fall_back_to_reference(variant):
                       key_valid, softcap, state)
     assert torch.equal(out, ref)
     if state is None:
-        assert bool(params) == (variant == "lolcats"), "LoLCATs carries learned parameters"
+        assert bool(params) == (variant == "lolcats_window48"), "LoLCATs carries learned parameters"
         grads = torch.autograd.grad(out.square().sum(), leaves[:3] + params)
         ref_grads = torch.autograd.grad(ref.square().sum(), leaves[:3] + params)
         for g, rg in zip(grads, ref_grads):

@@ -10,14 +10,18 @@ Covered by the fused kernels (training / prefill forward + backward, chunk-paral
   passed in; its gradient flows back through torch to ``gate_proj``) or ``none``, ``normalize`` on/off,
 * branches ``hybrid`` with mix ``average`` (Liger-GLA) or ``learned`` (Lizard's alpha, gradient),
   ``linear`` (GLA only), ``window`` (SWA only), sinks in the window denominator (power-of-two count,
-  gradient), no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim.
-So Liger-GLA and Lizard train on the kernels, with gradients of every learned parameter.
-Decode step (T = 1 with a state) and prefill into a fresh state: softmax maps with key / no gate,
-unnormalised, no sinks, mix average (Liger-GLA, GLA, SWA).
+  gradient), no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim,
+* mix ``shared`` (LoLCATs: window and linear weights over one normaliser, gradients of W_q, W_k and
+  window_factor; ``lolcats_chunked.py``), window a multiple of the chunk length (64; 32 interpreted).
+So Liger-GLA, Lizard and LoLCATs train on the kernels, with gradients of every learned parameter.
+Decode step (T = 1 with a state, power-of-two window) and prefill into a fresh state (no grad): the
+same features (Liger-GLA, Lizard, GLA, SWA), states in ``HybridAttentionCore.empty_state``'s layout
+(normalised: the ``z`` column after the values), so the reference and the kernels can alternate.
 
 Everything else runs the PyTorch reference ``core(...)`` explicitly (``kernel_fallback_reason``
-says why): LoLCATs (shared normaliser), softcap (Gemma 2), Lizard-style features with a state
-(decode / prefill), prefill on top of a non-empty cache, gradients through a state.
+says why): LoLCATs with a state or a window that is no multiple of the chunk length, softcap (Gemma 2),
+prefill on top of a non-empty window buffer, gradients through a state (grad enabled with inputs or
+learned parameters requiring it).
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
 """
 
@@ -35,6 +39,7 @@ try:
 
     from .decode import _hybrid_decode
     from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
+    from .lolcats_chunked import LolcatsAttentionFunction
 
     HAS_TRITON = True
 except Exception:  # noqa: BLE001 - no triton: everything falls back to the reference
@@ -61,8 +66,8 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
     D, DV = q_raw.shape[-1], v.shape[-1]
     if not (_is_pow2(D) and 16 <= D <= 256) or DV != D:
         return f"head dim {D} / value dim {DV} (needs equal powers of two in [16, 256])"
-    if spec.shared:
-        return "mix 'shared' (LoLCATs) is reference-only"
+    if spec.shared and spec.window % _block_sizes(0, q_raw.is_cuda)[0]:
+        return "LoLCATs kernels need a window that is a multiple of the chunk length (64; 32 in the interpreter)"
     if spec.has_window:
         if spec.num_sinks and not _is_pow2(spec.num_sinks):
             return f"{spec.num_sinks} sinks (kernels need a power of two)"
@@ -70,15 +75,15 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
             return "softcap is reference-only"
     T = q_raw.shape[2]
     if state is not None:
-        f = _flags(spec)
-        if f.fmap or f.gate == 2 or f.norm or f.ns or f.mixp:
-            return "decode / prefill with a state is kernel-covered for softmax maps, key or no gate only"
+        if spec.shared:
+            return "LoLCATs decode / prefill with a state is reference-only"
+        if torch.is_grad_enabled() and (q_raw.requires_grad or v.requires_grad
+                                        or any(p.requires_grad for p in core.parameters())):
+            return "gradients through a decoding state are reference-only"
         if T == 1:
             if spec.has_window and not _is_pow2(spec.window):
                 return "decode kernel needs a power-of-two window"
         else:
-            if torch.is_grad_enabled() and (q_raw.requires_grad or v.requires_grad):
-                return "gradients through a decoding state are reference-only"
             if spec.has_window and bool(state["valid"].any()):
                 return "prefill on top of a non-empty window buffer is reference-only"
     return None
@@ -175,7 +180,7 @@ def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=Non
         h, z, gtot = bufs
     dh = torch.empty_like(h) if do is not None else dummy
     dz = torch.empty_like(z) if (do is not None and f.norm) else dummy
-    st = torch.empty(B, HKV, F, DV, device=dev, dtype=torch.float32) if want_state else dummy
+    st = torch.empty(B, HKV, F, DV + f.norm, device=dev, dtype=torch.float32) if want_state else dummy
     s0_t = s0.float().contiguous() if s0 is not None else dummy
     do_t = do if do is not None else v
     _chunk_state[(NT, B * HKV)](
@@ -301,13 +306,14 @@ class HybridAttentionFunction(torch.autograd.Function):
         return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
-def _decode(core, q, k, v, cos, sin, key_valid, scale, state):
+def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
+    """One decode step (T = 1) through ``_hybrid_decode``: new state tensors in the reference's layout."""
     spec = core.spec
     B, H, _, D = q.shape
     HKV = k.shape[1]
     G, DV = H // HKV, v.shape[-1]
     f = _flags(spec)
-    has_lin, has_win, gate, mix_lin, mix_win = f.has_lin, f.has_win, f.gate, f.mix_lin, f.mix_win
+    P = _state_params(core, hidden)
     step_valid = (key_valid[:, -1] if key_valid is not None else torch.ones(B, dtype=torch.bool, device=q.device))
     step_valid = step_valid.to(torch.int8).contiguous()
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
@@ -317,11 +323,11 @@ def _decode(core, q, k, v, cos, sin, key_valid, scale, state):
     dummy = o
     s_old = s_new = kb = vb = kb_new = vb_new = wvalid = dummy
     W = 1
-    if has_lin:
+    if f.has_lin:
         s_old = state["linear"].float().contiguous()
         s_new = torch.empty_like(s_old)
         new_state["linear"] = s_new
-    if has_win:
+    if f.has_win:
         W = spec.window
         kb, vb = state["k"].contiguous(), state["v"].contiguous()
         kb_new, vb_new = torch.empty_like(kb), torch.empty_like(vb)
@@ -329,12 +335,16 @@ def _decode(core, q, k, v, cos, sin, key_valid, scale, state):
         wvalid = wvalid_b.to(torch.int8).contiguous()
         new_state.update(k=kb_new, v=vb_new, valid=wvalid_b)
     BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
+    # The rotated window (W x D, fp32) sits in registers: from 16k elements on, 4 warps spill (ptxas, sm_90).
+    num_warps = 8 if W * D >= 16384 else 4
     _hybrid_decode[(B * HKV, DV // BV)](
-        q, k, v, cos, sin, step_valid, s_old, s_new, kb, vb, kb_new, vb_new, wvalid, o,
+        q, k, v, cos, sin, step_valid, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
+        _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid, o,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb,
         o.stride(0), o.stride(1),
-        HKV, float(scale), float(spec.gate_scale), mix_lin, mix_win,
-        G=G, D=D, DV=DV, BV=BV, W=W, HAS_LIN=has_lin, HAS_WIN=has_win, GATE=gate, num_warps=4,
+        HKV, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
+        G=G, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate,
+        FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, num_warps=num_warps,
     )
     return o, new_state
 
@@ -364,6 +374,12 @@ def _learned_inputs(core, hidden):
     return lg, wq, wk, alpha, sinks
 
 
+def _state_params(core, hidden) -> _Params:
+    """The learned inputs as plain contiguous tensors, for the no-grad calls with a decoding state."""
+    with torch.no_grad():
+        return _Params(*(x.contiguous() if x is not None else None for x in _learned_inputs(core, hidden)))
+
+
 def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, softcap=None,
                             state=None):
     """Fused hybrid attention (see module docstring); falls back to ``core(...)`` when not covered."""
@@ -372,16 +388,23 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
     spec = core.spec
     B, H, T, D = q_raw.shape
     valid = key_valid.to(torch.int8).contiguous() if key_valid is not None else None
+    if state is None and spec.shared:
+        cos_t, sin_t, _, _ = _cos_sin(cos, sin, B, T, D)
+        out = LolcatsAttentionFunction.apply(
+            _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v), cos_t, sin_t, valid,
+            core.feature_map_q.weight, core.feature_map_k.weight, core.window_factor, spec.window, scale,
+            _block_sizes(0, q_raw.is_cuda)[0])
+        return out, None
     if state is None:
         learned = _learned_inputs(core, hidden)
         out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale, *learned)
         return out, None
     if T == 1:
-        return _decode(core, q_raw, k_raw, v, cos, sin, key_valid, scale, state)
+        return _decode(core, q_raw, k_raw, v, cos, sin, hidden, key_valid, scale, state)
     # Prefill into a fresh state (checked: empty window buffer, no grad).
     q, k, vv = _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v)
     s0 = state["linear"] if spec.has_linear else None
-    out, _, _, st = _fwd(q, k, vv, cos, sin, valid, spec, scale, _Params(None, None, None, None, None), s0=s0,
+    out, _, _, st = _fwd(q, k, vv, cos, sin, valid, spec, scale, _state_params(core, hidden), s0=s0,
                          want_state=spec.has_linear)
     new_state = {}
     if spec.has_window:

@@ -1,12 +1,16 @@
 """Decode-step Triton kernel: one launch per layer for a batch of single tokens.
 
 Reference it is tested against: ``HybridAttentionCore._recurrent`` for T = 1
-(``gla_recurrent`` + ``window_attention_step``), covered subset as in ``hybrid_chunked``.
+(``gla_recurrent`` + ``window_attention_step`` + ``add_sinks``), covered subset as in ``hybrid_chunked``.
 
 One program per (batch, kv head, block of value columns): updates the fp32 linear state
-``S <- diag(exp(g)) S + phi(k)^T v`` (g, phi from the raw key, masked when the token is padding),
-shifts the rotated window buffer by one (oldest first, as the reference lays it out),
-attends over it with the rotated query, and writes the mixed output of the G query heads.
+``S <- exp(g) S + phi(k)^T v`` (g the key gate per key dim or the learned per-head log-gate, phi
+softmax or hedgehog from the raw key, both masked when the token is padding) and, normalised, its
+``z`` column (the state is F x (Dv + 1) then, as ``HybridAttentionCore.empty_state`` lays it out);
+shifts the rotated window buffer by one (oldest first, as the reference lays it out), attends over it
+with the rotated query (sink logits in the denominator), and writes the mixed output of the G query
+heads. Hedgehog features are kept as two D-vectors (softmax(xW), softmax(-xW)) and the state as the
+matching two halves of its F = 2D rows.
 """
 
 from __future__ import annotations
@@ -30,13 +34,32 @@ def _rope_vec(ptr, cos_ptr, sin_ptr, cols, D: tl.constexpr):
 
 
 @triton.jit
+def _features(x_ptr, w_ptr, head, cols, D: tl.constexpr, BD: tl.constexpr, FMAP: tl.constexpr):
+    """phi of one raw row as two D-vectors: hedgehog (softmax(xW), softmax(-xW)), or (softmax(x), 0).
+
+    The projection walks W in blocks of BD rows, so at most a BD x D tile of W is live."""
+    if FMAP == 1:
+        p = tl.zeros((D,), dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            r = d0 + tl.arange(0, BD)
+            xb = tl.load(x_ptr + r).to(tl.float32)
+            wb = tl.load(w_ptr + head * D * D + r[:, None] * D + cols[None, :]).to(tl.float32)
+            p += tl.sum(xb[:, None] * wb, 0)
+        return _softmax_vec(p), _softmax_vec(-p)
+    else:
+        x = tl.load(x_ptr + cols).to(tl.float32)
+        return _softmax_vec(x), tl.zeros_like(x)
+
+
+@triton.jit
 def _hybrid_decode(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
     s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, wvalid_new_ptr, o_ptr,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb, stride_ob, stride_oh,
-    HKV, scale, gate_scale, mix_lin, mix_win,
-    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, W: tl.constexpr,
-    HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    HKV, scale, gate_scale, mix_lin, mix_win, eps,
+    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, W: tl.constexpr,
+    HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr,
+    NS: tl.constexpr, MIXP: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -50,15 +73,48 @@ def _hybrid_decode(
     cp = cos_ptr + b * stride_cb
     sp = sin_ptr + b * stride_cb
     if HAS_LIN:
-        kraw = tl.load(kp + cols).to(tl.float32)
-        kf = _softmax_vec(kraw) * valf
-        sidx = (b * HKV + hk) * D * DV + cols[:, None] * DV + vcols[None, :]
-        S = tl.load(s_ptr + sidx)
+        SW: tl.constexpr = DV + NORM  # state row length: the z column follows the values
+        F: tl.constexpr = 2 * D if FMAP == 1 else D
+        kfa, kfb = _features(kp, wk_ptr, hk, cols, D, BD, FMAP)
+        kfa = kfa * valf
+        kfb = kfb * valf
+        rows_a = (b * HKV + hk) * F * SW + cols * SW
+        rows_b = rows_a + D * SW
+        Sa = tl.load(s_ptr + rows_a[:, None] + vcols[None, :])
+        if FMAP == 1:
+            Sb = tl.load(s_ptr + rows_b[:, None] + vcols[None, :])
+        if NORM:
+            za = tl.load(s_ptr + rows_a + DV)
+            if FMAP == 1:
+                zb = tl.load(s_ptr + rows_b + DV)
         if GATE == 1:
-            g = (tl.minimum(kraw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(kraw)))) / gate_scale * valf
-            S = S * tl.exp(g)[:, None]
-        S = S + kf[:, None] * vnew[None, :]
-        tl.store(s_new_ptr + sidx, S)
+            kraw = tl.load(kp + cols).to(tl.float32)
+            ea = tl.exp((tl.minimum(kraw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(kraw)))) / gate_scale * valf)
+            Sa = Sa * ea[:, None]
+            if NORM:
+                za = za * ea
+        if GATE == 2:
+            e1 = tl.exp(tl.load(lg_ptr + b * HKV + hk).to(tl.float32) * valf)
+            Sa = Sa * e1
+            if FMAP == 1:
+                Sb = Sb * e1
+            if NORM:
+                za = za * e1
+                if FMAP == 1:
+                    zb = zb * e1
+        Sa = Sa + kfa[:, None] * vnew[None, :]
+        tl.store(s_new_ptr + rows_a[:, None] + vcols[None, :], Sa)
+        if FMAP == 1:
+            Sb = Sb + kfb[:, None] * vnew[None, :]
+            tl.store(s_new_ptr + rows_b[:, None] + vcols[None, :], Sb)
+        if NORM:
+            za = za + kfa
+            if FMAP == 1:
+                zb = zb + kfb
+            if pid_v == 0:
+                tl.store(s_new_ptr + rows_a + DV, za)
+                if FMAP == 1:
+                    tl.store(s_new_ptr + rows_b + DV, zb)
     if HAS_WIN:
         wrows = tl.arange(0, W)
         last = (wrows == W - 1)[:, None]
@@ -78,8 +134,16 @@ def _hybrid_decode(
         qp = q_ptr + b * stride_qb + h * stride_qh
         acc = tl.zeros((BV,), dtype=tl.float32)
         if HAS_LIN:
-            qf = _softmax_vec(tl.load(qp + cols).to(tl.float32))
-            acc += mix_lin * tl.sum(qf[:, None] * S, 0)
+            qfa, qfb = _features(qp, wq_ptr, h, cols, D, BD, FMAP)
+            num = tl.sum(qfa[:, None] * Sa, 0)
+            if FMAP == 1:
+                num += tl.sum(qfb[:, None] * Sb, 0)
+            if NORM:
+                dn = tl.sum(qfa * za, 0) + eps
+                if FMAP == 1:
+                    dn += tl.sum(qfb * zb, 0)
+                num = tl.where(dn == 0.0, 0.0, num / tl.where(dn == 0.0, 1.0, dn))
+            acc += mix_lin * num
         if HAS_WIN:
             qr = _rope_vec(qp, cp, sp, cols, D)
             sc = tl.where(wvalid, tl.sum(kwin * qr[None, :], 1) * scale, float("-inf"))
@@ -87,5 +151,17 @@ def _hybrid_decode(
             m = tl.where(m == float("-inf"), 0.0, m)
             p = tl.exp(sc - m)
             den = tl.sum(p, 0)
-            acc += mix_win * tl.sum(p[:, None] * vwin, 0) / tl.where(den == 0.0, 1.0, den)
+            accw = tl.sum(p[:, None] * vwin, 0)
+            if NS > 0:
+                # Sink logits join the denominator only (rescaled to the common maximum).
+                sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
+                m_all = tl.maximum(m, tl.max(sk, 0))
+                r = tl.exp(m - m_all)
+                den = den * r + tl.sum(tl.exp(sk - m_all), 0)
+                accw = accw * r
+            if MIXP:
+                mw = tl.load(alpha_ptr + h).to(tl.float32)
+            else:
+                mw = mix_win
+            acc += mw * accw / tl.where(den == 0.0, 1.0, den)
         tl.store(o_ptr + b * stride_ob + h * stride_oh + vcols, (acc * valf).to(o_ptr.dtype.element_ty))

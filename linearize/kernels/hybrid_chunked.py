@@ -255,6 +255,7 @@ def _chunk_scan(
     mode 1: dh[n] (chunk's pull) -> gradient w.r.t. the state at the END of chunk n
         (X_{NT-1} = 0; X_{n-1} = dh[n] + exp(G_n) X_n). Same for dz.
     Parallel over (batch * kv head, blocks of BK feature rows); each program walks the chunks.
+    ``s0`` / ``st`` are in the decoding state's layout: F x Dv, or F x (Dv + 1) with z as the last column.
     """
     pid = tl.program_id(0).to(tl.int64)
     kblk = tl.program_id(1)
@@ -262,12 +263,16 @@ def _chunk_scan(
     krows = kblk * BK + tl.arange(0, BK)
     vcols = tl.arange(0, DV)
     idx = krows[:, None] * DV + vcols[None, :]
+    SW: tl.constexpr = DV + NORM
+    sbase = pid * F * SW + krows * SW
     S = tl.zeros((BK, DV), dtype=tl.float32)
     Z = tl.zeros((BK,), dtype=tl.float32)
     if mode == 0:
         sp, zp = h_ptr, z_ptr
         if HAS_S0:
-            S += tl.load(s0_ptr + pid * F * DV + idx)
+            S += tl.load(s0_ptr + sbase[:, None] + vcols[None, :])
+            if NORM:
+                Z += tl.load(s0_ptr + sbase + DV)
     else:
         sp, zp = dh_ptr, dz_ptr
     for i in range(0, NT):
@@ -291,7 +296,9 @@ def _chunk_scan(
             Z = Z + Lz
     if STORE_ST:
         if mode == 0:
-            tl.store(st_ptr + pid * F * DV + idx, S)
+            tl.store(st_ptr + sbase[:, None] + vcols[None, :], S)
+            if NORM:
+                tl.store(st_ptr + sbase + DV, Z)
 
 
 @triton.jit
