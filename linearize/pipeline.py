@@ -80,7 +80,8 @@ def convert(loaded: LoadedModel, recipe: Recipe) -> LoadedModel:
     check_supported(loaded.model)
     recipe.check_model(loaded.model.config.num_hidden_layers, recipe_source(recipe))
     linearize_model(
-        loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=loaded.name
+        loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=loaded.name,
+        seed=recipe.seed,
     )
     return loaded
 

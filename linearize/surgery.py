@@ -8,6 +8,7 @@ completely before anything is changed, so an unsupported model is never converte
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .attention_variants import AttentionSpec
@@ -40,11 +41,14 @@ def linearize_model(
     softmax_layers: list[int] | tuple[int, ...] = (),
     recipe: str | None = None,
     teacher: str | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """Convert ``model`` in place and return it (now a ``Linearized*ForCausalLM``).
 
     ``softmax_layers`` keep the teacher's softmax attention (inter-layer hybrid); every other
-    layer gets the hybrid attention described by ``attention``.
+    layer gets the hybrid attention described by ``attention``. New parameters (gate projections)
+    are initialised from ``seed`` without touching the global RNG, so a conversion is reproducible
+    and every process of a distributed run builds the same model.
     """
     if getattr(model.config, "linearization", None) is not None:
         raise ValueError("this model is already linearized")
@@ -66,5 +70,7 @@ def linearize_model(
     }
     model.__class__ = MODEL_CLASSES[family]
     config.architectures = [model.__class__.__name__]
-    install_hybrid_attention(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        install_hybrid_attention(model)
     return model

@@ -135,3 +135,21 @@ def test_real_offline_teacher_converts_with_each_recipe(smollm2, recipe):
         logits = loaded.model(ids, use_cache=False).logits
     assert logits.shape == (1, ids.shape[1], 49152)
     assert torch.isfinite(logits).all()
+
+
+def test_new_parameters_are_seeded_and_leave_the_global_rng_alone():
+    """Lizard's gate projections start from the conversion seed: two conversions agree (so every
+    process of a distributed run builds the same model), another seed differs, and the caller's
+    random stream is not consumed."""
+    spec = load_recipe("lizard").attention.to_spec()
+    first = tiny_model("llama")
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = linearize_model(first, spec, seed=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    b = linearize_model(tiny_model("llama"), spec, seed=7)
+    c = linearize_model(tiny_model("llama"), spec, seed=8)
+    gates = [m.model.layers[0].self_attn.core.gate_proj.weight for m in (a, b, c)]
+    assert torch.equal(gates[0], gates[1])
+    assert not torch.allclose(gates[0], gates[2])
