@@ -78,7 +78,8 @@ def _training_options(default_budget: str):
             click.option("--run-dir", type=click.Path(file_okay=False), default=None,
                          help="Checkpoints, metrics.jsonl, loss.png (default: OUT.train)."),
             click.option("--no-train", is_flag=True, help="Convert and measure only."),
-            click.option("--eval-tokens", default=4096, show_default=True, help="Held-out tokens for perplexity."),
+            click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(min=512),
+                         help="Held-out tokens for perplexity (windows of 512)."),
         ]):
             f = option(f)
         return f

@@ -86,6 +86,24 @@ def convert(loaded: LoadedModel, recipe: Recipe) -> LoadedModel:
     return loaded
 
 
+def _merged_from_shards(peft_model, model_spec, recipe: Recipe, is_main: bool, device):
+    """The merged model after FSDP training, on the main process (None elsewhere).
+
+    FSDP2 shards parameters in place, so the trained model cannot simply be unwrapped: its full state
+    (gathered from every process) is loaded into a freshly converted copy, whose adapters are then merged."""
+    from .training import apply_lora, full_state_dict, merge_lora
+
+    full = full_state_dict(peft_model)
+    if not is_main:
+        return None
+    plain = convert(load_model(model_spec), recipe).model
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    plain_peft = apply_lora(plain, recipe.recovery.lora)
+    plain_peft.load_state_dict(full, strict=True)
+    return merge_lora(plain_peft).to(device)
+
+
 def heldout_tokens(tokenizer, max_tokens: int):
     return tokenize_documents(tokenizer, heldout_documents(), max_tokens)
 
@@ -157,6 +175,8 @@ def run_pipeline(
         StageConfig,
         apply_lora,
         freeze_for_transfer,
+        full_state_dict,
+        is_sharded,
         make_accelerator,
         merge_lora,
         train_stage,
@@ -259,8 +279,12 @@ def run_pipeline(
         result.seconds["stage 2 recovery"] = time.perf_counter() - t0
         result.training["recovery"] = res.to_dict()
         say(f"stage 2: validation loss {res.val_before:.4f} -> {res.val_after:.4f} in {res.seconds:.0f}s")
-        loaded.model = merge_lora(peft_model)
-        measure("recovered")
+        if is_sharded(accelerator):
+            loaded.model = _merged_from_shards(peft_model, model_spec, recipe, is_main, device)
+        else:
+            loaded.model = merge_lora(peft_model)
+        if is_main:
+            measure("recovered")
 
     if out_dir is not None and is_main:
         t0 = time.perf_counter()

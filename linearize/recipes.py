@@ -79,6 +79,7 @@ class TransferSettings(_Strict):
     checkpoint_every: int = Field(50, ge=0)  # optimizer steps between checkpoints (0: only at the end)
     log_every: PositiveInt = 1  # optimizer steps between lines in metrics.jsonl
     eval_every: int = Field(0, ge=0)  # optimizer steps between validation passes (0: before and after only)
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward: less memory, ~30% slower
 
 
 class RecoverySettings(_Strict):
@@ -100,6 +101,7 @@ class RecoverySettings(_Strict):
     checkpoint_every: int = Field(50, ge=0)  # optimizer steps between checkpoints (0: only at the end)
     log_every: PositiveInt = 1  # optimizer steps between lines in metrics.jsonl
     eval_every: int = Field(0, ge=0)  # optimizer steps between validation passes (0: before and after only)
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward: less memory, ~30% slower
 
 
 class DataSettings(_Strict):

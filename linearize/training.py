@@ -70,6 +70,7 @@ class StageConfig:
     checkpoint_every: int = 50
     log_every: int = 1
     eval_every: int = 0
+    activation_checkpointing: bool = False
     seed: int = 0
 
     @classmethod
@@ -91,8 +92,9 @@ class StageConfig:
         return max(1, self.tokens // self.tokens_per_step)
 
     def fingerprint(self) -> str:
-        """What a checkpoint must agree on to be resumed (not the logging/checkpoint cadence)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "log_every", "eval_every")}
+        """What a checkpoint must agree on to be resumed (not the cadences, not memory-for-time trades)."""
+        free = ("checkpoint_every", "log_every", "eval_every", "activation_checkpointing")
+        keep = {k: v for k, v in asdict(self).items() if k not in free}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -126,6 +128,24 @@ def make_accelerator():
 
 
 # ----- model helpers ------------------------------------------------------------------------------
+def base_model(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if get is not None else model
+
+
+def set_activation_checkpointing(model, enabled: bool) -> None:
+    """Recompute each decoder layer in the backward instead of keeping its activations.
+
+    Non-reentrant checkpointing, so it also recomputes what stage 1's per-layer losses saved and needs no
+    input gradients under LoRA."""
+    base = base_model(model)
+    if enabled:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif base.is_activation_checkpointing:
+        base.activation_checkpointing_disable()
+
+
 def linearized_attentions(model) -> list:
     from .modeling_linearized import LinearizedAttention
 
@@ -178,6 +198,22 @@ def apply_lora(model, lora, train_new_modules: bool | None = None):
         if CORE in f".{name}" and "lora_" not in name:
             p.requires_grad_(train_new)
     return peft_model
+
+
+def is_sharded(accelerator) -> bool:
+    """True under FSDP, where prepare() shards the model's parameters in place."""
+    from accelerate.utils import DistributedType
+
+    return accelerator is not None and accelerator.distributed_type == DistributedType.FSDP
+
+
+def full_state_dict(model) -> dict:
+    """Every parameter and buffer of a (possibly sharded) model as full CPU tensors on the main process.
+
+    A collective: every process must call it; the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def merge_lora(peft_model):
@@ -425,6 +461,21 @@ def evaluate(cfg: StageConfig, raw_model, data: PackedData, micro: int, accelera
     return {"val_loss": ce, "val_ppl": math.exp(min(ce, 50.0))}
 
 
+def _average_gradients(params: list, world: int) -> None:
+    """Average the gradients of ``params`` over all processes in one all-reduce (no wrapper involved)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
 def train_stage(
     model,
     cfg: StageConfig,
@@ -465,13 +516,20 @@ def train_stage(
 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    raw_model = model
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
+    # Stage 1 trains only the small new modules from per-layer losses that never pass through the layers'
+    # outputs, which sharding hooks (FSDP2) rely on. So with several processes the frozen model stays a plain
+    # replica on each and the new modules' gradients are averaged here, whatever the launch (DDP or FSDP2).
+    replicated = cfg.stage == "transfer" and world > 1
+    if replicated:
+        model = raw_model = model.to(accelerator.device)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        raw_model = accelerator.unwrap_model(model)
+    inner_optimizer = getattr(optimizer, "optimizer", optimizer)
 
     start_step, result_meta = 0, None
     if resume:
-        meta = load_checkpoint(run_dir, cfg, raw_model, optimizer.optimizer, scheduler)
+        meta = load_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler)
         if meta is not None:
             start_step, result_meta = meta["step"], meta
             log(f"{cfg.stage}: resuming from step {start_step}/{cfg.steps} ({checkpoint_dir(run_dir, cfg.stage)})")
@@ -502,6 +560,7 @@ def train_stage(
     )
     t_start, tokens_done, loss_value = time.perf_counter(), 0, None
     device = accelerator.device
+    set_activation_checkpointing(raw_model, cfg.activation_checkpointing)
     model.train()
     step = start_step
     for step in range(start_step, cfg.steps):
@@ -522,15 +581,20 @@ def train_stage(
             ids = ids_all[m * micro : (m + 1) * micro].to(device)
             labels = labels_all[m * micro : (m + 1) * micro].to(device)
             sync = m == n_micro - 1 or world == 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss, layer = _forward_loss(cfg, model, raw_model, ids, labels, n_label)
+            with contextlib.nullcontext() if (sync or replicated) else accelerator.no_sync(model):
+                with accelerator.autocast() if replicated else contextlib.nullcontext():  # prepare() adds it otherwise
+                    loss, layer = _forward_loss(cfg, model, raw_model, ids, labels, n_label)
                 if cfg.stage == "transfer":
                     loss = loss / n_micro
                 accelerator.backward(loss)
             total += loss.detach().float()
             if layer is not None:
                 layer_total = layer / n_micro if layer_total is None else layer_total + layer / n_micro
-        grad_norm = accelerator.clip_grad_norm_(trainable if world == 1 else model.parameters(), cfg.grad_clip)
+        if replicated:
+            _average_gradients(trainable, world)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(trainable if world == 1 else model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -554,10 +618,11 @@ def train_stage(
                            **evaluate(cfg, raw_model, val_data, micro, accelerator)})
             model.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            save_checkpoint(run_dir, cfg, raw_model, optimizer.optimizer, scheduler, done, accelerator)
+            save_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler, done, accelerator)
             if is_main:
                 plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
     bar.close()
+    set_activation_checkpointing(raw_model, False)
     seconds = time.perf_counter() - t_start
     interrupted = stop_after is not None and stop_after < cfg.steps
     completed_steps = min(cfg.steps, stop_after) if interrupted else cfg.steps
@@ -571,7 +636,7 @@ def train_stage(
             ev = evaluate(cfg, raw_model, val_data, micro, accelerator)
             result.val_after = ev["val_loss"]
             metrics.write({"stage": cfg.stage, "step": cfg.steps, "tokens": cfg.steps * tps, **ev})
-        save_checkpoint(run_dir, cfg, raw_model, optimizer.optimizer, scheduler, cfg.steps, accelerator,
+        save_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler, cfg.steps, accelerator,
                         complete=True, result=result.to_dict())
     if is_main:
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")

@@ -163,3 +163,109 @@ def test_nothing_to_train_is_an_error(tmp_path):
                                     batch_size=4)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         train_stage(model, cfg, TRAIN, None, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("stage", ["transfer", "recovery"])
+def test_activation_checkpointing_recomputes_layers_and_changes_nothing_else(tmp_path, stage):
+    """With activation checkpointing every decoder layer runs again in the backward (counted), and the
+    losses and trained weights equal a run without it; it is switched off after the stage."""
+
+    def run(checkpointing: bool, run_dir):
+        model, r = converted("lizard")
+        if stage == "transfer":
+            freeze_for_transfer(model)
+            cfg = StageConfig.from_settings("transfer", r.transfer, tokens=SEQ * 4 * 3, seq_len=SEQ, batch_size=4,
+                                            checkpoint_every=0, activation_checkpointing=checkpointing)
+            trained = model
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            trained = apply_lora(model, LoraSettings(rank=4, alpha=8))
+            cfg = recovery_cfg(tokens=SEQ * 4 * 3, activation_checkpointing=checkpointing)
+        calls = []
+        model.model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+        res = train_stage(trained, cfg, TRAIN, None, run_dir, progress=False)
+        assert not model.is_activation_checkpointing
+        weights = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
+        return res.final_loss, weights, len(calls)
+
+    loss_plain, w_plain, calls_plain = run(False, tmp_path / "plain")
+    loss_ckpt, w_ckpt, calls_ckpt = run(True, tmp_path / "ckpt")
+    assert calls_plain == 3 and calls_ckpt == 6  # 3 steps; each layer recomputed once in the backward
+    assert loss_ckpt == pytest.approx(loss_plain, rel=1e-6)
+    assert w_ckpt.keys() == w_plain.keys()
+    for name in w_plain:
+        torch.testing.assert_close(w_ckpt[name], w_plain[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def multi_process_setup(tmp_path_factory):
+    """A tiny Llama with a word-level tokenizer, a text corpus, a two-stage Lizard recipe, and the
+    single-process run every multi-process launch must reproduce."""
+    import random
+
+    from test_recipes_and_cli import _tokenizer_dir
+
+    root = tmp_path_factory.mktemp("multi")
+    tiny_model("llama", num_hidden_layers=4).save_pretrained(root / "tiny")
+    _tokenizer_dir(root / "tiny")
+    rng = random.Random(0)
+    paragraphs = []
+    for _ in range(400):
+        start = rng.randint(0, 59)
+        paragraphs.append(" ".join(f"w{(start + 3 * j + rng.randint(0, 1)) % 60}" for j in range(rng.randint(20, 80))))
+    (root / "data.txt").write_text("\n\n".join(paragraphs))
+    recipe = load_recipe("lizard").model_dump()
+    recipe["name"] = "lizard-tiny"
+    for stage in ("transfer", "recovery"):
+        recipe[stage].update(tokens=1024, seq_len=64, batch_size=4, checkpoint_every=2)
+    recipe["data"].update(template="text")
+    (root / "recipe.yaml").write_text(__import__("yaml").safe_dump(recipe))
+    _cli_run(root, "single", [])
+    return root
+
+
+def _cli_run(root, name: str, launcher: list[str], *extra: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["train", str(root / "tiny"), "--recipe", str(root / "recipe.yaml"), "--data", str(root / "data.txt"),
+            "--out", str(root / name), "--run-dir", str(root / f"{name}.train"), "--eval-tokens", "512", *extra]
+    if launcher:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).with_name("distributed_cpu_launch.py")), *launcher, *args]
+    else:
+        cmd = [sys.executable, "-m", "linearize.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _losses(run_dir) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] if "loss" in r else r["val_loss"] for r in rows]
+
+
+def _logits(model_dir) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return model(torch.arange(3, 43)[None]).logits
+
+
+@pytest.mark.parametrize("launch", ["ddp", "fsdp2"])
+def test_two_processes_reproduce_one(multi_process_setup, launch):
+    """Two CPU processes (gloo) with DDP or FSDP2 train the same model as one process: stage 1 (the new
+    modules' gradients averaged over a replicated frozen model), stage 2 (LoRA; under FSDP2 the sharded
+    result is gathered and merged into a freshly converted copy), and a resume from complete stages."""
+    root = multi_process_setup
+    _cli_run(root, launch, ["--fsdp2"] if launch == "fsdp2" else [])
+    assert _losses(root / f"{launch}.train") == pytest.approx(_losses(root / "single.train"), rel=1e-5)
+    expected = _logits(root / "single")
+    torch.testing.assert_close(_logits(root / launch), expected, rtol=1e-5, atol=1e-5)
+    resumed = _cli_run(root, launch, ["--fsdp2"] if launch == "fsdp2" else [], "--resume")
+    assert "recovery: already complete, skipping" in resumed.stdout
+    torch.testing.assert_close(_logits(root / launch), expected, rtol=1e-5, atol=1e-5)
