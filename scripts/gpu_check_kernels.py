@@ -1,62 +1,99 @@
 """One-call GPU check of the fused hybrid-attention kernels (linearize/kernels), H100/H200.
 
-(a) correctness: bf16 / fp16 (and fp32, tf32 dots) outputs and q/k/v grads of the Liger-GLA
-    kernel against the fp32 PyTorch reference (HybridAttentionCore) at realistic shapes, with
-    padding; GLA-only and SWA-only; Lizard (also the grads of its learned parameters);
-    prefill + decode steps against the recurrent reference.
-(b) timing (triton.testing.do_bench, warm-up then median): the whole layer from raw q/k/v
+(a) correctness: bf16 / fp16 (and fp32, tf32 dots) outputs and q/k/v grads of the kernels against the
+    fp32 PyTorch reference (HybridAttentionCore) at realistic shapes, with padding: Liger-GLA, GLA-only,
+    SWA-only, Lizard and LoLCATs (also the grads of their learned parameters); prefill + decode steps
+    against the recurrent reference for Liger-GLA and Lizard (outputs and the final linear state).
+(b) decode: one step (B=16) vs context: SDPA over a KV cache, fla fused_recurrent_gla, our decode
+    kernel for Liger-GLA and for Lizard (hedgehog maps, learned gate, normaliser, window 128, sinks).
+(c) timing (triton.testing.do_bench, warm-up then median): the whole layer from raw q/k/v
     (feature maps, gate, RoPE, both branches, mix; projections excluded), fwd, fwd+bwd and peak
-    memory, for: a standard RoPE + SDPA (flash, GQA) layer; the published pipeline (fla
-    chunk_gla + parallel_attn(window 64) + torch elementwise ops, as in
-    /work/shared/anchor_bench/gpu_liger_layer_bench.py); our fused kernels (Liger-GLA, and Lizard:
-    window 128, 4 sinks, hedgehog maps, learned gate; no published fused pipeline to compare with).
-    H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k}. Then one decode step (B=16) at
-    4k and 32k context: SDPA over a KV cache, fla fused_recurrent_gla, our decode kernel.
+    memory, for: a standard RoPE + SDPA (flash, GQA) layer; our fused kernels (Liger-GLA; Lizard:
+    window 128, 4 sinks, hedgehog maps, learned gate; LoLCATs: hedgehog maps, window 64 under one
+    normaliser); the published Liger pipeline (fla chunk_gla + parallel_attn(window 64) + torch
+    elementwise ops, as in /work/shared/anchor_bench/gpu_liger_layer_bench.py), timed last (autotune).
+    H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k}.
+Every case runs in its own try; a wall-clock budget (--budget-s) skips what is left and still prints
+the tables, so the call ends inside the device's limit.
 
-Run from the repo root:  python3 scripts/gpu_check_kernels.py   (writes $OUT/gpu_check_kernels.json)
+Run from the repo root:  python3 scripts/gpu_check_kernels.py   (writes $OUT/gpu_check_kernels.json and .md
+when $OUT is set)
 fla is optional: carried as wheels (fla-core==0.6.0, flash-linear-attention==0.6.0, see
 docs/kernels.md); without it the fla rows say so and the rest is timed.
+CPU plumbing test:  python scripts/gpu_check_kernels.py --smoke  (every case at tiny shapes under
+TRITON_INTERPRET=1; SDPA-flash and fla baselines skipped; times are single interpreted calls).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
 import os
 import sys
+import time
 import traceback
 
-import torch
-import torch.nn.functional as F
-
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
+ap.add_argument("--budget-s", type=float, default=420.0, help="skip the remaining cases after this many seconds")
+ARGS = ap.parse_args()
+SMOKE = ARGS.smoke
+T_START = time.time()
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"
+else:
+    os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.pop("TRITON_INTERPRET", None)
 
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from linearize.attention_variants import AttentionSpec, HybridAttentionCore  # noqa: E402
 from linearize.kernels import _apply_rope, hybrid_attention_kernel, kernel_fallback_reason  # noqa: E402
 
-dev = "cuda"
+dev = "cpu" if SMOKE else "cuda"
 torch.manual_seed(0)
-RES = {"device": torch.cuda.get_device_name(), "date": datetime.datetime.now().isoformat(timespec="minutes"),
-       "torch": torch.__version__}
-import triton  # noqa: E402
+RES = {"device": "cpu, TRITON_INTERPRET=1 (--smoke)" if SMOKE else torch.cuda.get_device_name(),
+       "date": datetime.datetime.now().isoformat(timespec="minutes"), "torch": torch.__version__,
+       "triton": triton.__version__, "skipped": []}
+HAS_FLA = False
+if SMOKE:
+    print("smoke: SDPA-flash and fla baselines skipped (no GPU); kernels run in the Triton interpreter", flush=True)
+else:
+    try:
+        from fla.ops.attn import parallel_attn
+        from fla.ops.gla import chunk_gla, fused_recurrent_gla
 
-RES["triton"] = triton.__version__
-try:
-    from fla.ops.attn import parallel_attn
-    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+        HAS_FLA = True
+    except Exception as e:  # noqa: BLE001
+        RES["fla"] = f"not importable: {e!r}"[:200]
+        print("fla not importable (carry fla-core==0.6.0 and flash-linear-attention==0.6.0 as wheels):", e, flush=True)
 
-    HAS_FLA = True
-except Exception as e:  # noqa: BLE001
-    HAS_FLA = False
-    RES["fla"] = f"not importable: {e!r}"[:200]
-    print("fla not importable (carry fla-core==0.6.0 and flash-linear-attention==0.6.0 as wheels):", e, flush=True)
+
+def over_budget(what):
+    """True (and the case is recorded as skipped) once the wall-clock budget is spent."""
+    if time.time() - T_START <= ARGS.budget_s:
+        return False
+    RES["skipped"].append(what)
+    print("over budget, skipped:", what, flush=True)
+    return True
+
+
+def sync():
+    if not SMOKE:
+        torch.cuda.synchronize()
 
 
 def bench(fn):
+    if SMOKE:  # one interpreted call after a warm one: plumbing only
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
@@ -72,20 +109,35 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
+HIDDEN = 64
+LIZARD_SPEC = dict(feature_map="hedgehog", gate="learned", normalize=True, num_sinks=4, mix="learned")
+LOLCATS_SPEC = dict(feature_map="hedgehog", gate="none", mix="shared")
+SPECS = {"hybrid": {}, "linear": dict(branches="linear"), "window": dict(branches="window"),
+         "lizard": LIZARD_SPEC, "lolcats": LOLCATS_SPEC}
+
+
+def make_core(name, H, HKV, D, W):
+    """Core of a variant, learned parameters moved away from their init (identity maps, zero sinks, alpha 1)."""
+    core = HybridAttentionCore(AttentionSpec(window=W, **SPECS[name]), HIDDEN, H, HKV, D).to(dev)
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return core
+
+
+def tiny(B, T, H, HKV, D):
+    """Smoke shapes: a few interpreter chunks (32 tokens), G = 2, D = 32."""
+    return min(B, 2), (96 if T % 64 == 0 else 100), 4, 2, 32
+
+
 # ----------------------------------------------------------------------------- (a) correctness
 CHECKS = []
 
 
-LIZARD_SPEC = dict(feature_map="hedgehog", gate="learned", normalize=True, num_sinks=4, mix="learned")
-
-
-def check_train(branches, dtype, B, T, H, HKV, D, W, tol):
-    lizard = branches == "lizard"
-    spec = AttentionSpec(window=W, **LIZARD_SPEC) if lizard else AttentionSpec(branches=branches, window=W)
-    core = HybridAttentionCore(spec, 64, H, HKV, D).to(dev)
-    with torch.no_grad():  # learned parameters away from their init (identity maps, zero sinks, alpha 1)
-        for p in core.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+def check_train(name, dtype, B, T, H, HKV, D, W, tol):
+    if SMOKE:
+        B, T, H, HKV, D = tiny(B, T, H, HKV, D)
+    core = make_core(name, H, HKV, D, W)
     params = list(core.parameters())
     q = torch.randn(B, T, H, D, device=dev).transpose(1, 2) * 2  # strided like the model's views
     k = torch.randn(B, T, HKV, D, device=dev).transpose(1, 2) * 2
@@ -93,10 +145,10 @@ def check_train(branches, dtype, B, T, H, HKV, D, W, tol):
     cos, sin = rope_tables(T, D, torch.float32)
     key_valid = torch.ones(B, T, dtype=torch.bool, device=dev)
     key_valid[-1, : T // 7] = False
-    hidden = torch.randn(B, T, 64, device=dev)
+    hidden = torch.randn(B, T, HIDDEN, device=dev)
     scale = 1 / math.sqrt(D)
     lo = [x.to(dtype).detach().requires_grad_() for x in (q, k, v)]
-    assert kernel_fallback_reason(core, lo[0], lo[2]) is None
+    assert kernel_fallback_reason(core, lo[0], lo[2]) is None, kernel_fallback_reason(core, lo[0], lo[2])
     out, _ = hybrid_attention_kernel(core, *lo, cos.to(dtype), sin.to(dtype), hidden, scale, key_valid, None, None)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, lo + params, do)
@@ -104,18 +156,19 @@ def check_train(branches, dtype, B, T, H, HKV, D, W, tol):
     ref, _ = core(*hi, _apply_rope(hi[0], cos, sin), _apply_rope(hi[1], cos, sin), hidden, scale, key_valid, None, None)
     rgrads = torch.autograd.grad(ref, hi + params, do.float())
     errs = {"out": rel(out, ref), **{f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, rgrads)}}
-    if params:  # worst learned parameter (feature maps, gate_proj, sinks, alpha)
+    if params:  # worst learned parameter (feature maps, gate_proj, sinks, alpha, window_factor)
         errs["dparams"] = max(rel(g, r) for g, r in zip(grads[3:], rgrads[3:]))
     ok = all(e <= tol for e in errs.values()) and all(torch.isfinite(g).all().item() for g in grads)
-    row = {"check": f"{branches} train {str(dtype)[6:]}", "shape": f"B{B} T{T} H{H}/{HKV} D{D} W{W}", **errs,
-           "tol": tol, "ok": ok}
-    CHECKS.append(row)
-    print(row, flush=True)
+    return {"shape": f"B{B} T{T} H{H}/{HKV} D{D} W{W}", **errs, "tol": tol, "ok": ok}
 
 
-def check_decode(branches, dtype, B, P, steps, H, HKV, D, W, tol):
-    spec = AttentionSpec(branches=branches, window=W)
-    core = HybridAttentionCore(spec, 64, H, HKV, D).to(dev)
+def check_decode(name, dtype, B, P, steps, H, HKV, D, W, tol, kernel_prefill=True):
+    """Prefill (kernels, or the reference when ``kernel_prefill`` is False) then decode steps on the kernels,
+    against the reference's chunked prefill and recurrent steps."""
+    if SMOKE:
+        B, P, H, HKV, D = 2, 40, 4, 2, 32
+        steps = min(steps, 3)
+    core = make_core(name, H, HKV, D, W)
     T = P + steps
     q = (torch.randn(B, H, T, D, device=dev) * 2).to(dtype)
     k = (torch.randn(B, HKV, T, D, device=dev) * 2).to(dtype)
@@ -123,62 +176,154 @@ def check_decode(branches, dtype, B, P, steps, H, HKV, D, W, tol):
     cos, sin = rope_tables(T, D, dtype)
     kv = torch.ones(B, T, dtype=torch.bool, device=dev)
     kv[-1, : P // 3] = False
-    hid = torch.zeros(B, T, 64, device=dev, dtype=dtype)
+    hid = torch.randn(B, T, HIDDEN, device=dev)
+    scale = 1 / math.sqrt(D)
     worst = 0.0
     with torch.no_grad():
         st = core.empty_state(B, dev, dtype)
         rs = core.empty_state(B, dev, torch.float32)
-        sl = slice(0, P)
-        o, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
-                                        hid[:, sl], 0.088, kv[:, sl], None, st)
-        f = [x[:, :, sl].float() for x in (q, k, v)]
-        c, s = cos[:, sl].float(), sin[:, sl].float()
-        r, rs = core(*f, _apply_rope(f[0], c, s), _apply_rope(f[1], c, s), hid[:, sl].float(), 0.088, kv[:, sl], None, rs)
-        worst = max(worst, rel(o, r))
-        for t in range(P, T):
-            sl = slice(t, t + 1)
-            o, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
-                                            hid[:, sl], 0.088, kv[:, sl], None, st)
+        for t0, t1 in [(0, P)] + [(t, t + 1) for t in range(P, T)]:
+            sl = slice(t0, t1)
             f = [x[:, :, sl].float() for x in (q, k, v)]
             c, s = cos[:, sl].float(), sin[:, sl].float()
-            r, rs = core(*f, _apply_rope(f[0], c, s), _apply_rope(f[1], c, s), hid[:, sl].float(), 0.088, kv[:, sl],
-                         None, rs, recurrent=True)
+            r, rs = core(*f, _apply_rope(f[0], c, s), _apply_rope(f[1], c, s), hid[:, sl], scale, kv[:, sl], None,
+                         rs, recurrent=(t1 - t0 == 1))
+            if t0 == 0 and not kernel_prefill:
+                st = {n: x.to(dtype) if n in ("k", "v") else x.clone() for n, x in rs.items()}
+                continue
+            assert kernel_fallback_reason(core, q[:, :, sl], v[:, :, sl], None, st) is None
+            o, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
+                                            hid[:, sl], scale, kv[:, sl], None, st)
             worst = max(worst, rel(o, r))
-    row = {"check": f"{branches} prefill+decode {str(dtype)[6:]}", "shape": f"B{B} P{P}+{steps} H{H}/{HKV} D{D} W{W}",
-           "out": worst, "tol": tol, "ok": worst <= tol}
+    errs = {"out": worst}
+    if "linear" in st:
+        errs["state"] = rel(st["linear"], rs["linear"])
+    return {"shape": f"B{B} P{P}+{steps} H{H}/{HKV} D{D} W{W}", **errs, "tol": tol,
+            "ok": all(e <= tol for e in errs.values())}
+
+
+PLANNED = []
+
+
+def run_check(kind, fn, args):
+    PLANNED.append(args)
+    label = f"{args[0]} {kind if len(args) < 11 or args[10] else 'decode'} {str(args[1])[6:]}"
+    if over_budget(label):
+        return
+    try:
+        row = {"check": label, **fn(*args)}
+    except Exception as e:  # noqa: BLE001
+        row = {"check": label, "error": repr(e)[:300], "ok": False}
+        traceback.print_exc()
     CHECKS.append(row)
     print(row, flush=True)
+    if not SMOKE:
+        torch.cuda.empty_cache()
 
 
+bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
 for args in [
-    ("hybrid", torch.bfloat16, 2, 2048, 32, 8, 128, 64, 2e-2),
-    ("hybrid", torch.float16, 2, 2048, 32, 8, 128, 64, 5e-3),
-    ("hybrid", torch.float32, 1, 1000, 12, 4, 64, 128, 5e-3),
-    ("linear", torch.bfloat16, 1, 4096, 32, 8, 128, 64, 2e-2),
-    ("window", torch.bfloat16, 1, 4096, 32, 8, 128, 128, 2e-2),
-    ("lizard", torch.bfloat16, 2, 2048, 32, 8, 128, 128, 2e-2),
-    ("lizard", torch.float16, 1, 2048, 32, 8, 128, 128, 5e-3),
-    ("lizard", torch.float32, 1, 1000, 12, 4, 64, 128, 5e-3),
+    ("hybrid", bf16, 2, 2048, 32, 8, 128, 64, 2e-2),
+    ("hybrid", fp16, 2, 2048, 32, 8, 128, 64, 5e-3),
+    ("hybrid", fp32, 1, 1000, 12, 4, 64, 128, 5e-3),
+    ("linear", bf16, 1, 4096, 32, 8, 128, 64, 2e-2),
+    ("window", bf16, 1, 4096, 32, 8, 128, 128, 2e-2),
+    ("lizard", bf16, 2, 2048, 32, 8, 128, 128, 2e-2),
+    ("lizard", fp16, 1, 2048, 32, 8, 128, 128, 5e-3),
+    ("lizard", fp32, 1, 1000, 12, 4, 64, 128, 5e-3),
+    ("lolcats", bf16, 2, 2048, 32, 8, 128, 64, 2e-2),
+    ("lolcats", fp16, 1, 2048, 32, 8, 128, 64, 5e-3),
+    ("lolcats", fp32, 1, 1000, 12, 4, 64, 64, 5e-3),
 ]:
+    run_check("train", check_train, args)
+for args in [("hybrid", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
+             ("hybrid", fp16, 4, 300, 6, 32, 8, 128, 64, 5e-3),
+             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2),
+             ("lizard", fp16, 4, 300, 6, 32, 8, 128, 128, 5e-3),
+             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False)]:
+    run_check("prefill+decode", check_decode, args)
+
+# ----------------------------------------------------------------------------- shapes of (b), (c)
+H, HKV, D = (4, 2, 32) if SMOKE else (32, 8, 128)
+W = 64
+LIGER = HybridAttentionCore(AttentionSpec(), HIDDEN, H, HKV, D).to(dev)
+LIZARD = make_core("lizard", H, HKV, D, 128)
+LOLCATS = make_core("lolcats", H, HKV, D, 64)
+
+
+def rope_at(pos):
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=dev).float() / D))
+    ang = torch.cat([torch.outer(torch.tensor([float(pos)], device=dev), inv)] * 2, -1)
+    return ang.cos()[None].bfloat16(), ang.sin()[None].bfloat16()
+
+
+def filled_state(core, B):
+    """A decoding state with random contents (window full; normaliser column positive)."""
+    state = core.empty_state(B, dev, torch.bfloat16)
+    for name, t in state.items():
+        if name == "valid":
+            t.fill_(True)
+        else:
+            t.normal_()
+    if core.spec.normalize:
+        state["linear"][..., -1].abs_().add_(1.0)
+    return state
+
+
+# ----------------------------------------------------------------------------- (b) decode
+def decode_row(B, ctx):
+    """One decode step at context ``ctx``: SDPA over a KV cache, fla's recurrent GLA, our decode kernel."""
+    r = {"B": B, "ctx": ctx}
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.bfloat16)
+    if not SMOKE:
+        kc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
+        vc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
+        r["sdpa_kvcache_ms"] = bench(lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=True))
+        r["kv_cache_MB_per_layer"] = 2 * B * HKV * ctx * D * 2 / 2**20
+        del kc, vc
+    if HAS_FLA:
+        qq, kk, vv = (torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        gg = F.logsigmoid(torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16))
+        h0 = torch.randn(B, H, D, D, device=dev, dtype=torch.float32)
+        try:
+            r["fla_recurrent_gla_ms"] = bench(lambda: fused_recurrent_gla(qq, kk, vv, gk=gg, initial_state=h0,
+                                                                           output_final_state=True))
+        except Exception as e:  # noqa: BLE001
+            r["fla_recurrent_gla_ms"] = repr(e)[:100]
+    k1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
+    v1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
+    c1, s1 = rope_at(ctx)
+    hid1 = torch.randn(B, 1, HIDDEN, device=dev)
+    for name, core in [("liger", LIGER), ("lizard", LIZARD)]:
+        state = filled_state(core, B)
+        r[f"{name}_state_MB_per_layer"] = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
+        with torch.no_grad():
+            assert kernel_fallback_reason(core, q, v1, None, state) is None
+            try:
+                r[f"{name}_decode_ms"] = bench(lambda: hybrid_attention_kernel(
+                    core, q, k1, v1, c1, s1, hid1, 1 / math.sqrt(D), None, None, state))  # noqa: B023
+            except Exception as e:  # noqa: BLE001
+                r[f"{name}_decode_ms"] = repr(e)[:100]
+                traceback.print_exc()
+    return r
+
+
+DEC = []
+for ctx in ([64, 256] if SMOKE else [1024, 4096, 16384, 32768, 65536]):
+    B = 2 if SMOKE else 16
+    if over_budget(f"decode ctx {ctx}"):
+        continue
     try:
-        check_train(*args)
+        DEC.append(decode_row(B, ctx))
     except Exception as e:  # noqa: BLE001
-        CHECKS.append({"check": f"{args[0]} train {args[1]}", "error": repr(e)[:300], "ok": False})
+        DEC.append({"B": B, "ctx": ctx, "error": repr(e)[:200]})
         traceback.print_exc()
-for args in [("hybrid", torch.bfloat16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
-             ("hybrid", torch.float16, 4, 300, 6, 32, 8, 128, 64, 5e-3)]:
-    try:
-        check_decode(*args)
-    except Exception as e:  # noqa: BLE001
-        CHECKS.append({"check": f"decode {args[1]}", "error": repr(e)[:300], "ok": False})
-        traceback.print_exc()
-torch.cuda.empty_cache()
-
-# ----------------------------------------------------------------------------- (b) timing
-H, HKV, D, W = 32, 8, 128, 64
-LIGER = HybridAttentionCore(AttentionSpec(), 64, H, HKV, D).to(dev)
+    print(DEC[-1], flush=True)
+    if not SMOKE:
+        torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- (c) training timing
 def rope_bthd(x, cos, sin):  # x (B, T, h, D), cos (1, T, D)
     c, s = cos[:, :, None], sin[:, :, None]
     x1, x2 = x.chunk(2, -1)
@@ -202,33 +347,34 @@ def liger_fla_layer(q, k, v, cos, sin):
     return (0.5 * o_gla + 0.5 * o_swa.float()).to(q.dtype)
 
 
-def liger_fused_layer(q, k, v, cos, sin):
-    # Same (B, T, h, D) inputs as the others; the kernel reads the (B, h, T, D) views in place.
-    out, _ = hybrid_attention_kernel(LIGER, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cos, sin,
-                                     None, 1 / math.sqrt(D), None, None, None)
-    return out.transpose(1, 2)
-
-
-LIZARD = HybridAttentionCore(AttentionSpec(window=128, **LIZARD_SPEC), 64, H, HKV, D).to(dev)
 HID = {}
 
 
-def lizard_fused_layer(q, k, v, cos, sin):
-    # Lizard (hedgehog maps, learned gate from a 64-wide hidden (gate_proj in torch), normalised GLA,
-    # window 128 with 4 sinks, learned alpha); gradients also reach the learned parameters.
-    B, T = q.shape[:2]
-    if (B, T) not in HID:
-        HID.clear()
-        HID[(B, T)] = torch.randn(B, T, 64, device=dev)
-    out, _ = hybrid_attention_kernel(LIZARD, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cos, sin,
-                                     HID[(B, T)], 1 / math.sqrt(D), None, None, None)
-    return out.transpose(1, 2)
+def fused_layer(core):
+    """Our kernels on the same (B, T, h, D) inputs as the others; the kernel reads the (B, h, T, D) views in
+    place. Lizard's learned gate reads a 64-wide hidden (gate_proj in torch); gradients also reach the
+    learned parameters (feature maps, gate_proj, sinks, alpha, window_factor)."""
+
+    def layer(q, k, v, cos, sin):
+        B, T = q.shape[:2]
+        if (B, T) not in HID:
+            HID.clear()
+            HID[(B, T)] = torch.randn(B, T, HIDDEN, device=dev)
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        assert kernel_fallback_reason(core, qh, vh) is None
+        out, _ = hybrid_attention_kernel(core, qh, kh, vh, cos, sin, HID[(B, T)], 1 / math.sqrt(D), None, None, None)
+        return out.transpose(1, 2)
+
+    return layer
 
 
-LAYERS = [("sdpa_layer", sdpa_layer), ("liger_fla_published", liger_fla_layer if HAS_FLA else None),
-          ("liger_fused_ours", liger_fused_layer), ("lizard_fused_ours", lizard_fused_layer)]
-ROWS = []
-for B, T in [(8, 2048), (2, 8192), (1, 32768)]:
+LAYERS = [("sdpa_layer", None if SMOKE else sdpa_layer), ("liger_fused_ours", fused_layer(LIGER)),
+          ("lizard_fused_ours", fused_layer(LIZARD)), ("lolcats_fused_ours", fused_layer(LOLCATS)),
+          ("liger_fla_published", liger_fla_layer if HAS_FLA else None)]
+
+
+def time_layers(B, T):
+    """fwd, fwd+bwd (median ms) and peak memory of every layer at (B, T), bf16; rows appended to ROWS."""
     q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -236,96 +382,91 @@ for B, T in [(8, 2048), (2, 8192), (1, 32768)]:
     do = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
     for name, fn in LAYERS:
         if fn is None:
-            ROWS.append({"op": name, "B": B, "T": T, "error": "fla not importable"})
+            why = "no SDPA-flash / fla in --smoke" if SMOKE else "fla not importable"
+            ROWS.append({"op": name, "B": B, "T": T, "skipped": why})
             continue
+        if over_budget(f"{name} T{T}"):
+            ROWS.append({"op": name, "B": B, "T": T, "skipped": "over the time budget"})
+            continue
+
+        def fb():
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v, cos, sin).backward(do)  # noqa: B023
+
         try:
-            fwd = bench(lambda: fn(q, k, v, cos, sin))
-
-            def fb():
-                q.grad = k.grad = v.grad = None
-                fn(q, k, v, cos, sin).backward(do)
-
+            fwd = bench(lambda: fn(q, k, v, cos, sin))  # noqa: B023
             fwdbwd = bench(fb)
             q.grad = k.grad = v.grad = None
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            fb()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-            ROWS.append({"op": name, "B": B, "T": T, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
-                         "Mtok_s_fwdbwd": B * T / fwdbwd / 1e3, "peak_GiB": peak / 2**30,
-                         "peak_over_inputs_GiB": (peak - base) / 2**30})
+            row = {"op": name, "B": B, "T": T, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                   "Mtok_s_fwdbwd": B * T / fwdbwd / 1e3}
+            if not SMOKE:
+                sync()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fb()
+                sync()
+                peak = torch.cuda.max_memory_allocated()
+                row.update(peak_GiB=peak / 2**30, peak_over_inputs_GiB=(peak - base) / 2**30)
+            ROWS.append(row)
         except Exception as e:  # noqa: BLE001
             ROWS.append({"op": name, "B": B, "T": T, "error": repr(e)[:200]})
             traceback.print_exc()
         print(ROWS[-1], flush=True)
-    del q, k, v, do
-    torch.cuda.empty_cache()
 
-DEC = []
-for B, ctx in [(16, 4096), (16, 32768)]:
-    r = {"B": B, "ctx": ctx}
-    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.bfloat16)
-    kc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
-    vc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
-    r["sdpa_kvcache_ms"] = bench(lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=True))
-    del kc, vc
-    if HAS_FLA:
-        qq, kk, vv = (torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-        gg = F.logsigmoid(torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16))
-        h0 = torch.randn(B, H, D, D, device=dev, dtype=torch.float32)
-        try:
-            r["fla_recurrent_gla_ms"] = bench(lambda: fused_recurrent_gla(qq, kk, vv, gk=gg, initial_state=h0,
-                                                                           output_final_state=True))
-        except Exception as e:  # noqa: BLE001
-            r["fla_recurrent_gla_ms"] = repr(e)[:100]
-    state = LIGER.empty_state(B, dev, torch.bfloat16)
-    state["linear"].normal_()
-    state["k"].normal_()
-    state["v"].normal_()
-    state["valid"].fill_(True)
-    k1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
-    v1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
-    pos = torch.tensor([ctx], device=dev).float()
-    inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=dev).float() / D))
-    ang = torch.cat([torch.outer(pos, inv)] * 2, -1)
-    c1, s1 = ang.cos()[None].bfloat16(), ang.sin()[None].bfloat16()
-    assert kernel_fallback_reason(LIGER, q, v1, None, state) is None
-    with torch.no_grad():
-        r["ours_decode_step_ms"] = bench(lambda: hybrid_attention_kernel(LIGER, q, k1, v1, c1, s1, None,
-                                                                          1 / math.sqrt(D), None, None, state))
-    r["state_MB_per_layer"] = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
-    r["kv_cache_MB_per_layer"] = 2 * B * HKV * ctx * D * 2 / 2**20
-    DEC.append(r)
-    print(r, flush=True)
 
-RES.update(checks=CHECKS, train=ROWS, decode=DEC)
-out_dir = os.environ.get("OUT", ".")
-with open(os.path.join(out_dir, "gpu_check_kernels.json"), "w") as fh:
-    json.dump(RES, fh, indent=1)
+ROWS = []
+for B, T in ([(2, 64), (1, 128)] if SMOKE else [(8, 2048), (2, 8192), (1, 32768)]):
+    time_layers(B, T)
+    if not SMOKE:
+        torch.cuda.empty_cache()
 
-print(f"\n# {RES['device']} — {RES['date']} — torch {RES['torch']}, triton {RES['triton']}")
-print("\n| check | shape | out | dq | dk | dv | dparams | tol | ok |")
-print("|---|---|---|---|---|---|---|---|---|")
+# ----------------------------------------------------------------------------- report
+RES.update(checks=CHECKS, train=ROWS, decode=DEC, elapsed_s=time.time() - T_START)
+out_dir = os.environ.get("OUT")
+
+
+def fmt(x, spec=".3f"):
+    return format(x, spec) if isinstance(x, float) else ("n/a" if x is None else str(x)[:60])
+
+
+lines = [f"# {RES['device']} — {RES['date']} — torch {RES['torch']}, triton {RES['triton']}, "
+         f"{RES['elapsed_s']:.0f} s", "",
+         "| check | shape | out | dq | dk | dv | dparams | state | tol | ok |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
 for c in CHECKS:
     if "error" in c:
-        print(f"| {c['check']} | | ERROR {c['error'][:80]} | | | | | | False |")
+        lines.append(f"| {c['check']} | | ERROR {c['error'][:100]} | | | | | | | False |")
         continue
-    f = lambda key: f"{c[key]:.1e}" if key in c else "-"  # noqa: E731
-    print(f"| {c['check']} | {c['shape']} | {f('out')} | {f('dq')} | {f('dk')} | {f('dv')} | {f('dparams')} | {c['tol']} | {c['ok']} |")
-print("\n| layer (H=32/8, D=128, bf16) | B | T | fwd ms | fwd+bwd ms | Mtok/s fwd+bwd | peak GiB |")
-print("|---|---|---|---|---|---|---|")
-for r in ROWS:
-    if "error" in r:
-        print(f"| {r['op']} | {r['B']} | {r['T']} | ERROR {r['error'][:70]} | | | |")
-        continue
-    print(f"| {r['op']} | {r['B']} | {r['T']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | "
-          f"{r['Mtok_s_fwdbwd']:.2f} | {r['peak_GiB']:.2f} |")
-print("\n| decode step, one layer, B=16 | ctx | SDPA over KV cache ms | fla fused_recurrent_gla ms | ours ms |")
-print("|---|---|---|---|---|")
+    e = [f"{c[key]:.1e}" if key in c else "-" for key in ("out", "dq", "dk", "dv", "dparams", "state")]
+    lines.append(f"| {c['check']} | {c['shape']} | {' | '.join(e)} | {c['tol']} | {c['ok']} |")
+lines += ["", "| decode step, one layer: B | ctx | SDPA over KV cache ms | fla fused_recurrent_gla ms | "
+          "liger ours ms | lizard ours ms | KV cache MB | liger / lizard state MB |",
+          "|---|---|---|---|---|---|---|---|"]
 for r in DEC:
-    fl = r.get("fla_recurrent_gla_ms", "n/a")
-    fl = f"{fl:.3f}" if isinstance(fl, float) else fl
-    print(f"| | {r['ctx']} | {r['sdpa_kvcache_ms']:.3f} | {fl} | {r['ours_decode_step_ms']:.3f} |")
-print("\nall checks ok:", all(c.get("ok") for c in CHECKS))
+    err = f" ERROR {r['error'][:80]}" if "error" in r else ""
+    lines.append(f"| {r['B']} | {r['ctx']} | {fmt(r.get('sdpa_kvcache_ms'))} | {fmt(r.get('fla_recurrent_gla_ms'))} | "
+                 f"{fmt(r.get('liger_decode_ms'))} | {fmt(r.get('lizard_decode_ms'))} | "
+                 f"{fmt(r.get('kv_cache_MB_per_layer'), '.0f')} | {fmt(r.get('liger_state_MB_per_layer'), '.1f')} / "
+                 f"{fmt(r.get('lizard_state_MB_per_layer'), '.1f')} |{err}")
+lines += ["", f"| layer (H={H}/{HKV}, D={D}, bf16) | B | T | fwd ms | fwd+bwd ms | Mtok/s fwd+bwd | peak GiB |",
+          "|---|---|---|---|---|---|---|"]
+for r in ROWS:
+    if "skipped" in r:
+        lines.append(f"| {r['op']} | {r['B']} | {r['T']} | skipped: {r['skipped']} | | | |")
+        continue
+    if "error" in r:
+        lines.append(f"| {r['op']} | {r['B']} | {r['T']} | ERROR {r['error'][:70]} | | | |")
+        continue
+    lines.append(f"| {r['op']} | {r['B']} | {r['T']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | "
+                 f"{r['Mtok_s_fwdbwd']:.2f} | {fmt(r.get('peak_GiB'), '.2f')} |")
+if RES["skipped"]:
+    lines += ["", f"over the {ARGS.budget_s:.0f} s budget, skipped: {', '.join(RES['skipped'])}"]
+all_ok = len(CHECKS) == len(PLANNED) and all(c.get("ok") for c in CHECKS)
+lines += ["", f"all checks ok: {all_ok} ({len(CHECKS)} of {len(PLANNED)} checks run)"]
+report = "\n".join(lines)
+if out_dir:
+    with open(os.path.join(out_dir, "gpu_check_kernels.json"), "w") as fh:
+        json.dump(RES, fh, indent=1)
+    with open(os.path.join(out_dir, "gpu_check_kernels.md"), "w") as fh:
+        fh.write(report + "\n")
+print("\n" + report)
