@@ -1,14 +1,19 @@
 """Registers, spills and shared memory of every Triton kernel in linearize/kernels, compiled without a GPU.
 
 Each kernel is compiled by Triton for a CUDA target (default sm_90: H100 / H200) through a stub driver,
-at the launch configs of the launchers in ``linearize/kernels/__init__.py`` and ``lolcats_chunked.py``
-(BT = 64, their num_warps and block sizes; keep the two in sync), for the attention variants of the
-shipped recipes, head dims 64 and 128, G = 4 query heads per kv head, padding mask on. ptxas (bundled
-with Triton) reports registers, stack frame and spills; shared memory is Triton's allocation.
-Activations are bf16, learned parameters fp32 (bf16 autocast training), states fp32.
+at the launch configs the launchers use: block sizes, num_warps and num_stages come from
+``_block_sizes`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
+(``lolcats_chunked.py``), imported, not copied; the decode kernel's BV / BD are restated here. Variants:
+the attention of the shipped recipes, head dims 64 and 128, G = 4 query heads per kv head, padding mask
+on. ptxas (bundled with Triton) reports registers, stack frame and spills; shared memory is Triton's
+allocation (the launch fails with OutOfResources above the block limit).
+Argument dtypes are what the kernels see in training: activations (q, k, v, cos, sin, outputs, their
+gradients) and the hedgehog weights in ``--dtype`` (bf16 by default; the launchers cast the weights to
+it), log-gates, alpha, sinks, window factors, states and per-row statistics fp32, masks int8. The dot
+operand dtype follows the activations, so ``--dtype fp32`` shows what fp32 inputs need.
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
-        [--jobs 1] [--json out.json]
+        [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,20 +42,24 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from linearize.kernels import _block_sizes, _flags, _meta  # noqa: E402
+from linearize.kernels import _block_sizes, _decode_warps, _flags, _launch, _meta  # noqa: E402
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
+from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
 KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_bwd_q,
                                    _hc._hybrid_bwd_kv, _lc._lolcats_fwd, _lc._lolcats_bwd_q, _lc._lolcats_bwd_kv,
                                    _decode_mod._hybrid_decode)}
 G, T, HKV = 4, 2048, 8
-ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new"}
+# In the activation dtype: inputs, outputs, their gradients, and the hedgehog weights (the training / prefill
+# launchers cast them, ``_dot_weights``; decode reads a bf16 model's own).
+ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk"}
 MASKS = {"valid", "step_valid", "wvalid_new"}
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
 INTS = {"T": T, "HKV": HKV, "NT": T // 64}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}  # opt-in max per block
 
 
@@ -70,10 +79,10 @@ class _StubDriver:
         return 0
 
 
-def _ptr_dtype(name):
+def _ptr_dtype(name, act):
     stem = name[:-4]
     if stem in ACT:
-        return torch.bfloat16
+        return act
     if stem in MASKS:
         return torch.int8
     if stem == "arg":
@@ -81,7 +90,7 @@ def _ptr_dtype(name):
     return torch.float32
 
 
-def _args(kernel, ints):
+def _args(kernel, ints, act):
     """Positional runtime arguments: pointer dtypes by name; strides are multiples of 16 as in the
     real layouts (Triton specialises ints on divisibility by 16)."""
     out = []
@@ -89,7 +98,7 @@ def _args(kernel, ints):
         if p.is_constexpr:
             continue
         if p.name.endswith("_ptr"):
-            out.append(_ptr_dtype(p.name))
+            out.append(_ptr_dtype(p.name, act))
         elif p.name in FLOATS:
             out.append(0.5)
         elif p.name.startswith("stride_"):
@@ -99,44 +108,57 @@ def _args(kernel, ints):
     return out
 
 
-def launches(spec, D):
-    """(kernel, pass, constexprs, ints, num_warps) for every launch of ``spec`` at head dim D."""
+def _opts(o):
+    """Split a launcher's option dict into constexprs (block sizes) and compile options (warps, stages)."""
+    ce = {k: v for k, v in o.items() if k not in ("num_warps", "num_stages")}
+    return ce, {k: v for k, v in o.items() if k in ("num_warps", "num_stages")}
+
+
+def launches(spec, D, dtype=torch.bfloat16):
+    """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D, with the
+    block sizes, num_warps and num_stages the launchers take from ``_block_sizes`` / ``_launch`` /
+    ``lolcats_config`` (imported, not copied)."""
     out = []
     if spec.shared:
         F = 2 * D
-        cs = dict(G=G, D=D, F=F, DV=D, BT=64, GATE=0, FMAP=1, NORM=True, HAS_VALID=True)
-        scan = dict(D=D, F=F, DV=D, BK=min(F, 32), GATE=0, NORM=True, HAS_S0=False, STORE_ST=False)
-        lol = dict(G=G, D=D, F=F, DV=D, BT=64, W=spec.window, HAS_VALID=True)
-        out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, 4),
-                ("_chunk_scan", "fwd", scan, {"FIRST": 0}, 4),
-                ("_lolcats_fwd", "fwd", {**lol, "BV": min(D, 64)}, {}, 4),
-                ("_lolcats_bwd_q", "bwd", lol, {}, 8),
-                ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, 4),
-                ("_chunk_scan", "bwd", scan, {"FIRST": 1}, 4),
-                ("_lolcats_bwd_kv", "bwd", lol, {}, 8)]
+        cfg = lolcats_config(D, True)
+        BT = cfg["BT"]
+        (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
+        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=0, FMAP=1, NORM=True, HAS_VALID=True, **st)
+        scan = dict(D=D, F=F, DV=D, GATE=0, NORM=True, HAS_S0=False, STORE_ST=False, **sc)
+        lol = dict(G=G, D=D, F=F, DV=D, BT=BT, W=spec.window, HAS_VALID=True)
+        out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, st_o),
+                ("_chunk_scan", "fwd", scan, {"FIRST": 0}, sc_o),
+                ("_lolcats_fwd", "fwd", {**lol, **fw}, {}, fw_o),
+                ("_lolcats_bwd_q", "bwd", lol, {}, bw_o),
+                ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
+                ("_chunk_scan", "bwd", scan, {"FIRST": 1}, sc_o),
+                ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o)]
         return out
     f = _flags(spec)
-    BT, BC = _block_sizes(f.gate, True)
+    BT, BC = _block_sizes(f, D, True)
+    cfg = _launch(f, D, True, dtype)
+    (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
     F = 2 * D if f.fmap else D
     W = int(spec.window) if f.has_win else 1
     meta = _meta(f, G, D, D, BT, BC, W, True)
     if f.has_lin:
-        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=True)
-        scan = dict(D=D, F=F, DV=D, BK=min(F, 32), GATE=f.gate, NORM=f.norm)
-        out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, 4),
-                ("_chunk_scan", "fwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 0}, 4),
-                ("_chunk_scan", "prefill", {**scan, "HAS_S0": True, "STORE_ST": True}, {"FIRST": 0}, 4)]
+        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=True, **st)
+        scan = dict(D=D, F=F, DV=D, GATE=f.gate, NORM=f.norm, **sc)
+        out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, st_o),
+                ("_chunk_scan", "fwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 0}, sc_o),
+                ("_chunk_scan", "prefill", {**scan, "HAS_S0": True, "STORE_ST": True}, {"FIRST": 0}, sc_o)]
         if f.norm:
-            out += [("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, 4),
-                    ("_chunk_scan", "bwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 1}, 4)]
+            out += [("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
+                    ("_chunk_scan", "bwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 1}, sc_o)]
         else:
-            out += [("_chunk_state", "bwd", {**cs, "STATES": True, "WITH_DO": True}, {}, 4)]
-    out += [("_hybrid_fwd", "fwd", {**meta, "BV": min(D, 64), "NS": f.ns}, {}, 4),
-            ("_hybrid_bwd_q", "bwd", meta, {}, 8),
-            ("_hybrid_bwd_kv", "bwd", meta, {}, 8)]
+            out += [("_chunk_state", "bwd", {**cs, "STATES": True, "WITH_DO": True}, {}, st_o)]
+    out += [("_hybrid_fwd", "fwd", {**meta, **fw, "NS": f.ns}, {}, fw_o),
+            ("_hybrid_bwd_q", "bwd", meta, {}, bw_o),
+            ("_hybrid_bwd_kv", "bwd", meta, {}, bw_o)]
     dec = dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
                GATE=f.gate, FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp)
-    out.append(("_hybrid_decode", "decode", dec, {}, 8 if W * D >= 16384 else 4))
+    out.append(("_hybrid_decode", "decode", dec, {}, {"num_warps": _decode_warps(W, D)}))
     return out
 
 
@@ -148,7 +170,7 @@ CPP_ERROR = re.compile(r"(\w+\.py:\d+):\d+: (error: .*)$", re.M)
 
 def compile_one(job):
     """Compile one launch config; registers, spills, stack and shared memory from ptxas and Triton."""
-    arch, name, constexprs, ints, num_warps = job
+    arch, name, constexprs, ints, options, act = job
     driver.set_active(_StubDriver(arch))
     knobs.compilation.always_compile = True
     knobs.nvidia.dump_ptxas_log = True
@@ -160,7 +182,7 @@ def compile_one(job):
         saved = os.dup(2)  # the compiler's C++ diagnostics go to fd 2: keep them for the error message
         os.dup2(err.fileno(), 2)
         try:
-            compiled = kernel.warmup(*_args(kernel, ints), grid=(1,), num_warps=num_warps, **constexprs)
+            compiled = kernel.warmup(*_args(kernel, ints, DTYPES[act]), grid=(1,), **options, **constexprs)
         except Exception as e:  # noqa: BLE001
             failure = e
         finally:
@@ -186,6 +208,8 @@ def main():
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90 = sm_90a, H100/H200)")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--recipes", nargs="+", default=sorted(shipped_recipes()))
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                    help="activation dtype (q, k, v, cos, sin, outputs and their gradients); bf16 in training")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
@@ -194,16 +218,21 @@ def main():
     for D in args.dims:
         for recipe in args.recipes:
             spec = load_recipe(recipe).attention.to_spec()
-            for name, pas, constexprs, ints, nw in launches(spec, D):
-                key = (name, D, nw, tuple(sorted(constexprs.items())), tuple(sorted(ints.items())))
-                row = jobs.setdefault(key, {"kernel": name, "D": D, "num_warps": nw, "variants": [], "passes": [],
-                                            "job": (args.arch, name, constexprs, ints, nw)})
+            for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
+                key = (name, D, tuple(sorted(opts.items())), tuple(sorted(constexprs.items())),
+                       tuple(sorted(ints.items())))
+                blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BC", "BV", "BK") if b in constexprs)
+                row = jobs.setdefault(key, {"kernel": name, "D": D, "num_warps": opts["num_warps"],
+                                            "num_stages": opts.get("num_stages", 3), "blocks": blocks,
+                                            "variants": [], "passes": [],
+                                            "job": (args.arch, name, constexprs, ints, opts, args.dtype)})
                 if recipe not in row["variants"]:
                     row["variants"].append(recipe)
                 if pas not in row["passes"]:
                     row["passes"].append(pas)
     rows = list(jobs.values())
-    print(f"# {len(rows)} kernel configs, sm_{args.arch}, triton {triton.__version__}, torch {torch.__version__}",
+    print(f"# {len(rows)} kernel configs, sm_{args.arch}, {args.dtype} activations, triton {triton.__version__}, "
+          f"torch {torch.__version__}",
           file=sys.stderr, flush=True)
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for row, res in zip(rows, pool.map(compile_one, [r.pop("job") for r in rows]), strict=True):
@@ -212,18 +241,18 @@ def main():
                   f"{res.get('error') or str(res['regs']) + ' regs'}", file=sys.stderr, flush=True)
 
     limit = SMEM_LIMIT.get(args.arch)
-    print("| kernel | variant (recipes) | pass | D | num_warps | registers | spill bytes (st / ld) | "
+    print("| kernel | variant (recipes) | pass | D | blocks | warps / stages | registers | spill bytes (st / ld) | "
           "stack B | shared B |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        head = (f"| {r['kernel']} | {', '.join(r['variants'])} | {'/'.join(r['passes'])} | {r['D']} | "
+                f"{r['blocks']} | {r['num_warps']} / {r['num_stages']} |")
         if "error" in r:
-            print(f"| {r['kernel']} | {', '.join(r['variants'])} | {'/'.join(r['passes'])} | {r['D']} | "
-                  f"{r['num_warps']} | compile error (below) | | | |")
+            print(f"{head} compile error (below) | | | |")
             continue
         spill = f"{r['spill_st']} / {r['spill_ld']}" if r["spill_st"] or r["spill_ld"] else "0"
         smem = f"**{r['smem']}** (over)" if limit and r["smem"] > limit else str(r["smem"])
-        print(f"| {r['kernel']} | {', '.join(r['variants'])} | {'/'.join(r['passes'])} | {r['D']} | "
-              f"{r['num_warps']} | {r['regs']} | {spill} | {r['stack']} | {smem} |")
+        print(f"{head} {r['regs']} | {spill} | {r['stack']} | {smem} |")
     failed = [r for r in rows if "error" in r]
     if failed:
         print(f"\ncompile failures: {len(failed)} of {len(rows)} configs"
@@ -239,7 +268,8 @@ def main():
               + "".join(f"\n  {r['kernel']} D{r['D']} {','.join(r['variants'])}: {r['smem']} B" for r in over))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"arch": args.arch, "triton": triton.__version__, "rows": rows}, fh, indent=1)
+            json.dump({"arch": args.arch, "dtype": args.dtype, "triton": triton.__version__, "rows": rows}, fh,
+                      indent=1)
     shutil.rmtree(CACHE, ignore_errors=True)
     return 1 if any("error" in r for r in rows) else 0
 

@@ -12,7 +12,7 @@ Covered by the fused kernels (training / prefill forward + backward, chunk-paral
   ``linear`` (GLA only), ``window`` (SWA only), sinks in the window denominator (power-of-two count,
   gradient), no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim,
 * mix ``shared`` (LoLCATs: window and linear weights over one normaliser, gradients of W_q, W_k and
-  window_factor; ``lolcats_chunked.py``), window a multiple of the chunk length (64; 32 interpreted).
+  window_factor; ``lolcats_chunked.py``), window a multiple of the chunk length (32).
 So Liger-GLA, Lizard and LoLCATs train on the kernels, with gradients of every learned parameter.
 Decode step (T = 1 with a state, power-of-two window) and prefill into a fresh state (no grad): the
 same features (Liger-GLA, Lizard, GLA, SWA), states in ``HybridAttentionCore.empty_state``'s layout
@@ -21,7 +21,8 @@ same features (Liger-GLA, Lizard, GLA, SWA), states in ``HybridAttentionCore.emp
 Everything else runs the PyTorch reference ``core(...)`` explicitly (``kernel_fallback_reason``
 says why): LoLCATs with a state or a window that is no multiple of the chunk length, softcap (Gemma 2),
 prefill on top of a non-empty window buffer, gradients through a state (grad enabled with inputs or
-learned parameters requiring it).
+learned parameters requiring it); on the GPU, hedgehog maps at head dim > 128, and fp32 activations with
+hedgehog maps at head dim 128 when gradients are needed (shared memory of one sm_90 block).
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
 """
 
@@ -39,7 +40,7 @@ try:
 
     from .decode import _hybrid_decode
     from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
-    from .lolcats_chunked import LolcatsAttentionFunction
+    from .lolcats_chunked import LolcatsAttentionFunction, lolcats_config
 
     HAS_TRITON = True
 except Exception:  # noqa: BLE001 - no triton: everything falls back to the reference
@@ -66,19 +67,30 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
     D, DV = q_raw.shape[-1], v.shape[-1]
     if not (_is_pow2(D) and 16 <= D <= 256) or DV != D:
         return f"head dim {D} / value dim {DV} (needs equal powers of two in [16, 256])"
-    if spec.shared and spec.window % _block_sizes(0, q_raw.is_cuda)[0]:
-        return "LoLCATs kernels need a window that is a multiple of the chunk length (64; 32 in the interpreter)"
+    if spec.shared:
+        chunk = lolcats_config(D, q_raw.is_cuda and not INTERPRET)["BT"]
+        if spec.window % chunk:
+            return f"LoLCATs kernels need a window that is a multiple of the chunk length ({chunk})"
     if spec.has_window:
         if spec.num_sinks and not _is_pow2(spec.num_sinks):
             return f"{spec.num_sinks} sinks (kernels need a power of two)"
         if softcap is not None:
             return "softcap is reference-only"
+    wants_grad = torch.is_grad_enabled() and (q_raw.requires_grad or v.requires_grad
+                                              or any(p.requires_grad for p in core.parameters()))
     T = q_raw.shape[2]
+    decode = state is not None and T == 1
+    if q_raw.is_cuda and not INTERPRET and spec.has_linear and spec.feature_map == "hedgehog" and not decode:
+        # Compile-only report (scripts/kernel_registers.py, sm_90): these launches would fail with OutOfResources.
+        if D > 128:
+            return f"hedgehog maps at head dim {D}: the kernels need more shared memory than an sm_90 block has"
+        if D == 128 and q_raw.dtype == torch.float32 and wants_grad and state is None:
+            return ("fp32 activations with hedgehog maps at head dim 128: the backward kernels' fp32 dot operands "
+                    "need more shared memory than an sm_90 block has (bf16 / fp16 fit)")
     if state is not None:
         if spec.shared:
             return "LoLCATs decode / prefill with a state is reference-only"
-        if torch.is_grad_enabled() and (q_raw.requires_grad or v.requires_grad
-                                        or any(p.requires_grad for p in core.parameters())):
+        if wants_grad:
             return "gradients through a decoding state are reference-only"
         if T == 1:
             if spec.has_window and not _is_pow2(spec.window):
@@ -111,14 +123,39 @@ def _flags(spec) -> _Flags:
                   0.5 if (hybrid and not mixp) else 1.0, 0.5 if hybrid else 1.0)
 
 
-def _block_sizes(gate: int, device_is_cuda: bool) -> tuple[int, int]:
+def _block_sizes(f: _Flags, D: int, device_is_cuda: bool) -> tuple[int, int]:
     """(BT, BC): chunk of the chunk-level states and sub-block of the in-chunk walk.
 
-    Key gate: BC = 16 bounds the factorised in-block exponent (see hybrid_chunked); a per-head gate
-    uses the exact (C x C) decay matrix. The interpreter uses smaller chunks so that short test
-    sequences still cross several chunk boundaries."""
-    BT = 64 if device_is_cuda else 32
-    return BT, (16 if gate == 1 else BT)
+    Key gate: BC = 16 bounds the factorised in-block exponent (see hybrid_chunked); otherwise BC = BT
+    (exact C x C decay matrix, no state update inside a chunk). Hedgehog maps (F = 2D): BT = 32, so that
+    the BT x F feature tiles and their gradients fit one program's registers and shared memory (sm_90; at
+    D = 64 BT = 64 fits but spills ~2 kB per thread in the backward, at D = 128 it does not fit). The
+    interpreter uses BT = 32 so that short test sequences still cross several chunk boundaries."""
+    BT = 64 if device_is_cuda and not f.fmap else 32
+    return BT, (16 if f.gate == 1 else BT)
+
+
+def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict]:
+    """Launch options per kernel of a variant at head dim D (= Dv): value block BV (BK for the scan),
+    num_warps, num_stages.
+
+    Chosen from the compile-only report of scripts/kernel_registers.py (sm_90, bf16), which compiles
+    exactly these: the F x BV fp32 accumulator of ``_chunk_state`` bounds its BV; hedgehog maps (F = 2D)
+    take 8 warps and no software pipelining (its multi-buffered loads of the per-head W and of the window
+    blocks do not fit beside the F-wide tiles), as do head dim 128 and fp32 activations (whose dot operands
+    are fp32); 8 warps in the forward with a window branch, hedgehog maps or D = 128. The interpreter takes
+    whole value blocks."""
+    F = 2 * D if f.fmap else D
+    if not device_is_cuda:
+        return dict(state=dict(BV=D, num_warps=4), scan=dict(BK=F, num_warps=4), fwd=dict(BV=D, num_warps=4),
+                    bwd=dict(num_warps=8))
+    stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
+    return dict(
+        state=dict(BV=min(D, 64 if F <= 64 else 32), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
+        scan=dict(BK=min(F, 32), num_warps=4),
+        fwd=dict(BV=min(D, 64), num_warps=8 if (f.has_win or f.fmap or D >= 128) else 4, num_stages=stages),
+        bwd=dict(num_warps=8, num_stages=stages),
+    )
 
 
 def _cos_sin(cos: torch.Tensor, sin: torch.Tensor, B: int, T: int, D: int):
@@ -162,6 +199,14 @@ def _ptr(x, dummy):
     return x if x is not None else dummy
 
 
+def _dot_weights(P: _Params, dtype: torch.dtype) -> _Params:
+    """The hedgehog weights in the activation dtype: the kernels feed them to ``tl.dot`` in that dtype, and
+    loading them so halves their staged shared memory (their gradients stay fp32)."""
+    if P.wq is None:
+        return P
+    return P._replace(wq=P.wq.to(dtype), wk=P.wk.to(dtype))
+
+
 def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=None, dden=None, bufs=None,
                   s0=None, want_state=False):
     """Chunk start states h (B, Hkv, NT, F, Dv) and z (B, Hkv, NT, F) (fp32, normalised only) and/or,
@@ -183,19 +228,19 @@ def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=Non
     st = torch.empty(B, HKV, F, DV + f.norm, device=dev, dtype=torch.float32) if want_state else dummy
     s0_t = s0.float().contiguous() if s0 is not None else dummy
     do_t = do if do is not None else v
-    _chunk_state[(NT, B * HKV)](
+    cfg = _launch(f, D, q.is_cuda and not INTERPRET, q.dtype)
+    _chunk_state[(NT, B * HKV, DV // cfg["state"]["BV"])](
         q, k, v, _ptr(valid, dummy), do_t, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(rinv, dummy), _ptr(dden, dummy), h, z, dh, dz, gtot, *_strides(q, k, v, do_t),
         T, HKV, NT, float(spec.gate_scale), float(f.mix_lin),
         G=H // HKV, D=D, F=F, DV=DV, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=valid is not None,
-        STATES=states, WITH_DO=do is not None, num_warps=4,
+        STATES=states, WITH_DO=do is not None, **cfg["state"],
     )
-    BK = F if (INTERPRET or not q.is_cuda) else min(F, 32)
     first = 0 if states else 1
     modes = (1 if states else 0) + (1 if do is not None else 0)
-    _chunk_scan[(B * HKV, F // BK, modes)](
-        h, z, dh, dz, gtot, s0_t, st, NT, first, D=D, F=F, DV=DV, BK=BK, GATE=f.gate, NORM=f.norm,
-        HAS_S0=s0 is not None, STORE_ST=want_state, num_warps=4,
+    _chunk_scan[(B * HKV, F // cfg["scan"]["BK"], modes)](
+        h, z, dh, dz, gtot, s0_t, st, NT, first, D=D, F=F, DV=DV, GATE=f.gate, NORM=f.norm,
+        HAS_S0=s0 is not None, STORE_ST=want_state, **cfg["scan"],
     )
     return (h, z, gtot), ((dh, dz) if do is not None else None), (st if want_state else None)
 
@@ -206,9 +251,11 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     G = H // HKV
     DV = v.shape[-1]
     f = _flags(spec)
-    BT, BC = _block_sizes(f.gate, q.is_cuda)
+    cuda = q.is_cuda and not INTERPRET
+    BT, BC = _block_sizes(f, D, cuda)
     NT = triton.cdiv(T, BT)
-    BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 64)
+    cfg = _launch(f, D, cuda, q.dtype)["fwd"]
+    P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
     o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
     m = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
@@ -216,13 +263,12 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     h = z = st = None
     if f.has_lin:
         (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, BT, P, s0=s0, want_state=want_state)
-    _hybrid_fwd[(NT, B * HKV, DV // BV)](
+    _hybrid_fwd[(NT, B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(valid, m), _ptr(P.lg, m), _ptr(P.wq, m), _ptr(P.wk, m), _ptr(P.alpha, m),
         _ptr(P.sinks, m), o, m, den, _ptr(h, m), _ptr(z, m),
         *_strides(q, k, v, o), scb, sct,
         T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
-        BV=BV, NS=f.ns, **_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None),
-        num_warps=4,
+        NS=f.ns, **_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None), **cfg,
     )
     return o, m, den, st
 
@@ -251,7 +297,8 @@ class HybridAttentionFunction(torch.autograd.Function):
         G = H // HKV
         f = _flags(spec)
         F = 2 * D if f.fmap else D
-        BT, BC = _block_sizes(f.gate, q.is_cuda)
+        cuda = q.is_cuda and not INTERPRET
+        BT, BC = _block_sizes(f, D, cuda)
         NT = triton.cdiv(T, BT)
         cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
         dev = q.device
@@ -260,32 +307,35 @@ class HybridAttentionFunction(torch.autograd.Function):
         dv = torch.empty(B, HKV, T, DV, device=dev, dtype=v.dtype)
         delta = torch.empty(B, H, T, device=dev, dtype=torch.float32)
         dummy = delta
-        dlq = torch.empty(B, HKV, T, F, device=dev, dtype=torch.float32) if f.has_lin else dummy
+        # Per token: the q side of the gate gradient, per key dim (key gate) or summed (per-head gate).
+        dlq = (torch.empty(B, HKV, T, F, device=dev, dtype=torch.float32) if f.gate == 1
+               else torch.empty(B, HKV, T, device=dev, dtype=torch.float32) if f.gate == 2 else dummy)
         rinv = torch.empty(B, H, T, device=dev, dtype=torch.float32) if f.norm else dummy
         dden = torch.empty_like(rinv) if f.norm else dummy
         dlg = torch.zeros(B, HKV, T, device=dev, dtype=torch.float32) if f.gate == 2 else dummy
         dwq = torch.zeros(P.wq.shape, device=dev, dtype=torch.float32) if f.fmap else dummy
         dwk = torch.zeros(P.wk.shape, device=dev, dtype=torch.float32) if f.fmap else dummy
+        PK = _dot_weights(P, q.dtype)
         h = z = dh = dz = dummy
         bufs = None
         if f.has_lin:
             if f.norm:  # the pull on the states needs 1/den and dden from _hybrid_bwd_q: two passes
-                bufs, _, _ = _chunk_states(q, k, v, valid, spec, f, BT, P)
+                bufs, _, _ = _chunk_states(q, k, v, valid, spec, f, BT, PK)
             else:
-                bufs, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, P, do=do)
+                bufs, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, PK, do=do)
             h, z = bufs[0], bufs[1]
         common = (
             *_strides(q, k, v, do), scb, sct,
             T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         )
         meta = dict(**_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None),
-                    num_warps=8)
-        ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
-               _ptr(P.alpha, dummy))
+                    **_launch(f, D, cuda, q.dtype)["bwd"])
+        ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(PK.lg, dummy), _ptr(PK.wq, dummy), _ptr(PK.wk, dummy),
+               _ptr(PK.alpha, dummy))
         grid = (NT, B * HKV)
         _hybrid_bwd_q[grid](*ins, do, m, den, h, z, dq, delta, dlq, rinv, dden, dwq, *common, **meta)
         if f.has_lin and f.norm:
-            _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, P, states=False, do=do, rinv=rinv,
+            _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, PK, states=False, do=do, rinv=rinv,
                                            dden=dden, bufs=bufs)
         _hybrid_bwd_kv[grid](*ins, do, m, den, delta, dlq, rinv, dden, h, z, dh, dz, dk, dv, dlg, dwk,
                              *common, **meta)
@@ -304,6 +354,12 @@ class HybridAttentionFunction(torch.autograd.Function):
             psink = torch.exp(P.sinks.float()[None, :, None, :] - m[..., None]) / safe_den[..., None]
             grads[4] = (-(mw * delta[..., None] * psink).sum(dim=(0, 2))).to(P.sinks.dtype)
         return (dq, dk, dv, None, None, None, None, None, *grads)
+
+
+def _decode_warps(W: int, D: int) -> int:
+    """num_warps of the decode kernel: the rotated window (W x D, fp32) sits in registers, and from 16k
+    elements on 4 warps spill (ptxas, sm_90)."""
+    return 8 if W * D >= 16384 else 4
 
 
 def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
@@ -335,8 +391,7 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         wvalid = wvalid_b.to(torch.int8).contiguous()
         new_state.update(k=kb_new, v=vb_new, valid=wvalid_b)
     BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
-    # The rotated window (W x D, fp32) sits in registers: from 16k elements on, 4 warps spill (ptxas, sm_90).
-    num_warps = 8 if W * D >= 16384 else 4
+    num_warps = _decode_warps(W, D)
     _hybrid_decode[(B * HKV, DV // BV)](
         q, k, v, cos, sin, step_valid, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid, o,
@@ -393,7 +448,7 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
         out = LolcatsAttentionFunction.apply(
             _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v), cos_t, sin_t, valid,
             core.feature_map_q.weight, core.feature_map_k.weight, core.window_factor, spec.window, scale,
-            _block_sizes(0, q_raw.is_cuda)[0])
+            lolcats_config(D, q_raw.is_cuda and not INTERPRET))
         return out, None
     if state is None:
         learned = _learned_inputs(core, hidden)
