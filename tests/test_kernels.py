@@ -73,7 +73,7 @@ def test_forward_backward_fp32(branches, gate, T, window, D, H, HKV, pad):
     core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
     B, scale = 2, 1.0 / math.sqrt(D)
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, pad)
-    assert kernel_fallback_reason(core, q, v) is None
+    assert kernel_fallback_reason(core, q, k, v) is None
     leaves = [x.requires_grad_() for x in (q, k, v)]
     out, st = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, scale, key_valid, None, None)
     assert st is None and out.shape == (B, H, T, D) and out.dtype == v.dtype
@@ -144,7 +144,7 @@ def test_prefill_then_decode(branches, window, D, H, HKV):
         assert _rel(out, ref) <= 1e-4
         for t in range(P, T):
             sl = slice(t, t + 1)
-            assert kernel_fallback_reason(core, q[:, :, sl], v, None, st) is None
+            assert kernel_fallback_reason(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], None, st) is None
             out, st = hybrid_attention_kernel(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
                                               hidden[:, sl], scale, key_valid[:, sl], None, st)
             ref, ref_st = _reference(core, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[:, sl], sin[:, sl],
@@ -178,7 +178,7 @@ def test_uncovered_variants_fall_back_to_reference(variant):
         state = core.empty_state(B, q.device, q.dtype)
     if variant == "filled_window":
         state["valid"][:, -3:] = True
-    reason = kernel_fallback_reason(core, q, v, softcap, state)
+    reason = kernel_fallback_reason(core, q, k, v, softcap, state)
     assert reason is not None
     params = [p for p in core.parameters()]
     with torch.no_grad() if state is not None else torch.enable_grad():
@@ -227,7 +227,7 @@ def test_learned_variants_fp32(name, spec, T, D, H, HKV, pad):
     core = _learned_core(spec, H, HKV, D)
     B, scale = 2, 1.0 / math.sqrt(D)
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, pad)
-    assert kernel_fallback_reason(core, q, v) is None
+    assert kernel_fallback_reason(core, q, k, v) is None
     uses_hidden = spec.has_linear and spec.gate == "learned"
     leaves = [x.requires_grad_() for x in (q, k, v)] + ([hidden.requires_grad_()] if uses_hidden else [])
     named = list(core.named_parameters())

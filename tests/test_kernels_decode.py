@@ -32,7 +32,7 @@ def _args(x, t0, t1):
 
 def _kernel_step(core, x, t0, t1, state):
     args = _args(x, t0, t1)
-    assert kernel_fallback_reason(core, args[0], args[2], None, state) is None
+    assert kernel_fallback_reason(core, *args[:3], None, state) is None
     return hybrid_attention_kernel(core, *args, None, state)
 
 
@@ -144,10 +144,14 @@ def test_paths_interchangeable_mid_stream():
 
 
 def test_state_with_grad_falls_back():
-    """The decode / prefill kernels do not differentiate: with grad enabled on learned parameters, reference."""
+    """The decode / prefill kernels do not differentiate: with grad enabled on learned parameters or on k
+    alone, reference."""
     core = HybridAttentionCore(LIZARD, HIDDEN, 3, 1, 64)
-    q, _, v, *_ = _inputs(2, 3, 1, 1, 64, False)
+    q, k, v, *_ = _inputs(2, 3, 1, 1, 64, False)
     state = core.empty_state(2, q.device, q.dtype)
-    assert kernel_fallback_reason(core, q, v, None, state) is not None
+    assert kernel_fallback_reason(core, q, k, v, None, state) is not None
     with torch.no_grad():
-        assert kernel_fallback_reason(core, q, v, None, state) is None
+        assert kernel_fallback_reason(core, q, k, v, None, state) is None
+    core.requires_grad_(False)
+    assert kernel_fallback_reason(core, q, k, v, None, state) is None
+    assert kernel_fallback_reason(core, q, k.detach().requires_grad_(), v, None, state) is not None

@@ -57,7 +57,7 @@ def test_lolcats_fp32(T, window, D, H, HKV, pad, strided):
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, pad)
     if strided:
         q, k, v = _strided(q), _strided(k), _strided(v)
-    assert kernel_fallback_reason(core, q, v) is None
+    assert kernel_fallback_reason(core, q, k, v) is None
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     do = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(1))
     out, grads = _run(core, q, k, v, cos, sin, hidden, scale, key_valid, do, kernel=True)
@@ -121,11 +121,11 @@ def test_lolcats_fallbacks():
     """A window that is not a multiple of the chunk length, and any call with a decoding state, use the reference."""
     core = _learned_core(_lolcats(48), 3, 1, 64)
     q, k, v, hidden, cos, sin, key_valid = _inputs(2, 3, 1, 17, 64, True)
-    assert "multiple" in kernel_fallback_reason(core, q, v)
+    assert "multiple" in kernel_fallback_reason(core, q, k, v)
     core = _learned_core(_lolcats(), 3, 1, 64)
     with torch.no_grad():
         state = core.empty_state(2, q.device, q.dtype)
-        assert kernel_fallback_reason(core, q, v, None, state) is not None
+        assert kernel_fallback_reason(core, q, k, v, None, state) is not None
         out, new_state = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, 0.125, key_valid, None, state)
         ref, ref_state = _reference(core, q, k, v, cos, sin, hidden, 0.125, key_valid, state)
     assert torch.equal(out, ref) and set(new_state) == set(ref_state)

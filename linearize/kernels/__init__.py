@@ -55,7 +55,7 @@ def _is_pow2(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
-def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | None:
+def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> str | None:
     """None when the fused kernels compute this call; otherwise why the reference runs."""
     spec = core.spec
     if not HAS_TRITON:
@@ -76,7 +76,7 @@ def kernel_fallback_reason(core, q_raw, v, softcap=None, state=None) -> str | No
             return f"{spec.num_sinks} sinks (kernels need a power of two)"
         if softcap is not None:
             return "softcap is reference-only"
-    wants_grad = torch.is_grad_enabled() and (q_raw.requires_grad or v.requires_grad
+    wants_grad = torch.is_grad_enabled() and (q_raw.requires_grad or k_raw.requires_grad or v.requires_grad
                                               or any(p.requires_grad for p in core.parameters()))
     T = q_raw.shape[2]
     decode = state is not None and T == 1
@@ -438,7 +438,7 @@ def _state_params(core, hidden) -> _Params:
 def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, softcap=None,
                             state=None):
     """Fused hybrid attention (see module docstring); falls back to ``core(...)`` when not covered."""
-    if kernel_fallback_reason(core, q_raw, v, softcap, state) is not None:
+    if kernel_fallback_reason(core, q_raw, k_raw, v, softcap, state) is not None:
         return _reference(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
     spec = core.spec
     B, H, T, D = q_raw.shape
