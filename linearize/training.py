@@ -30,6 +30,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -190,7 +191,9 @@ def apply_lora(model, lora, train_new_modules: bool | None = None):
         bias="none",
     )
     try:
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft probes transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
     except ValueError as err:
         raise TrainingError(f"LoRA targets {list(lora.targets)}: {str(err).splitlines()[0]}") from None
     train_new = lora.train_new_modules if train_new_modules is None else train_new_modules
