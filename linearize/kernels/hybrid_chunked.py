@@ -56,6 +56,19 @@ def _mm(a, b, DT: tl.constexpr):
 
 
 @triton.jit
+def _mm_split(a, b, DT: tl.constexpr):
+    """a @ b for ``a`` exact in DT and ``b`` fp32: ``b`` split into its DT-rounded high part and the DT-rounded
+    remainder, two DT dots (about twice DT's mantissa bits of ``b``; fp32 inputs: one fp32 dot). For the
+    learned gate's state terms, whose per-token gradient terms nearly cancel in the reverse cumsum."""
+    if DT == tl.float32:
+        return _mm(a, b, DT)
+    else:
+        hi = b.to(DT)
+        lo = (b - hi.to(tl.float32)).to(DT)
+        return _mm(a, hi, DT) + _mm(a, lo, DT)
+
+
+@triton.jit
 def _softmax_rows(x):
     m = tl.max(x, 1)
     e = tl.exp(x - m[:, None])
@@ -522,9 +535,10 @@ def _hybrid_bwd_q(
                 da = _mm(dnum, tl.trans(vv), DT)
                 dstate = _mm(dnum, tl.trans(S), DT)
                 diag = tl.sum(dnum * vv, 1)
+                if NORM or GATE == 2:
+                    a = _intra(qf, kf, cum, causal, BC, GATE, DT)
                 if NORM:
                     qt = qf * e_cum
-                    a = _intra(qf, kf, cum, causal, BC, GATE, DT)
                     dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
                     rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
                     # dnum . (linear numerator), from the dots above: sum_s a_ts da_ts + sum_f qt_tf dstate_tf.
@@ -539,7 +553,9 @@ def _hybrid_bwd_q(
                 if GATE == 1:
                     dlq += qf * dqf
                 if GATE == 2:
-                    dlq += tl.sum(qf * dqf, 1)
+                    # Intra-chunk part as sum_s da_ts A_ts, from the same A and da as the key side's
+                    # sum_t da_ts A_ts in _hybrid_bwd_kv, so the pair terms cancel exactly in the cumsum.
+                    dlq += tl.sum(da * a, 1) + tl.sum(qf * e_cum * dstate, 1)
                 dqf += kf * diag[:, None]
                 dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BC, D, FMAP, DT)
             if HAS_WIN:
@@ -650,7 +666,10 @@ def _hybrid_bwd_kv(
             cum, total = _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
             e_end = tl.exp(total[None, :] - cum)
             kend = kf * e_end
-            dsv = _mm(vv, tl.trans(dS), DT)
+            if GATE == 2:
+                dsv = _mm_split(vv, tl.trans(dS), DT)
+            else:
+                dsv = _mm(vv, tl.trans(dS), DT)
             if NORM:
                 dsv += dZ[None, :]
             dkf = e_end * dsv
@@ -697,7 +716,7 @@ def _hybrid_bwd_kv(
                 else:
                     dkf += dkc + qf * diag[:, None]
                     if GATE == 2:
-                        krow += tl.sum(kf * dkc, 1)
+                        krow += tl.sum(da * a, 0)
                 if BT // BC > 1:
                     dS_prev += _mm(tl.trans(qt), dnum, DT)
             if HAS_WIN:
