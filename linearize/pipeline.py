@@ -246,6 +246,16 @@ def run_pipeline(
                     p = run_dir / stale
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
+
+        def run_stage(label: str, trained, cfg, stage_data):
+            """Train one stage, recording its wall time and result under the stage's name."""
+            t0 = time.perf_counter()
+            res = train_stage(trained, cfg, stage_data.train, stage_data.validation, run_dir, accelerator,
+                              resume=resume, log=say, progress=progress)
+            result.seconds[label] = time.perf_counter() - t0
+            result.training[cfg.stage] = res.to_dict()
+            return res
+
         model = loaded.model
         # Stage 1: attention transfer (only where the conversion added parameters).
         if recipe.transfer is not None and freeze_for_transfer(model) > 0:
@@ -257,11 +267,7 @@ def run_pipeline(
                     loaded.tokenizer, data_source, ts.seq_len, recipe.data.template,
                     recipe.data.validation_fraction, recipe.data.max_samples, recipe.seed,
                 )
-            t0 = time.perf_counter()
-            res = train_stage(model, cfg, stage_data.train, stage_data.validation, run_dir, accelerator,
-                              resume=resume, log=say, progress=progress)
-            result.seconds["stage 1 transfer"] = time.perf_counter() - t0
-            result.training["transfer"] = res.to_dict()
+            res = run_stage("stage 1 transfer", model, cfg, stage_data)
             say(f"stage 1: attention MSE {res.val_before:.4g} -> {res.val_after:.4g} (validation) in {res.seconds:.0f}s")
         elif recipe.transfer is not None:
             say("stage 1: skipped (the conversion added no parameters)")
@@ -274,11 +280,7 @@ def run_pipeline(
         cfg = StageConfig.from_settings("recovery", rs, seed=recipe.seed)
         torch.manual_seed(recipe.seed)
         peft_model = apply_lora(model, rs.lora)
-        t0 = time.perf_counter()
-        res = train_stage(peft_model, cfg, training_data.train, training_data.validation, run_dir, accelerator,
-                          resume=resume, log=say, progress=progress)
-        result.seconds["stage 2 recovery"] = time.perf_counter() - t0
-        result.training["recovery"] = res.to_dict()
+        res = run_stage("stage 2 recovery", peft_model, cfg, training_data)
         say(f"stage 2: validation loss {res.val_before:.4f} -> {res.val_after:.4f} in {res.seconds:.0f}s")
         if is_sharded(accelerator):
             loaded.model = _merged_from_shards(peft_model, model_spec, recipe, is_main, device)
