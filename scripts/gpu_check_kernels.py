@@ -42,7 +42,16 @@ import traceback
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
 ap.add_argument("--budget-s", type=float, default=420.0, help="skip the remaining cases after this many seconds")
+SECTIONS = ("checks", "decode", "layers", "profile", "sweep")
+ap.add_argument("--sections", default=",".join(SECTIONS),
+                help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all, in that order)")
+ap.add_argument("--variants", default="hybrid,linear,window,lizard,lolcats",
+                help="comma-separated variants for the correctness checks")
+ap.add_argument("--lengths", default="2048,8192,32768", help="comma-separated T for the layer timing (B*T = 16k)")
 ARGS = ap.parse_args()
+RUN = set(ARGS.sections.split(","))
+if not RUN <= set(SECTIONS):
+    ap.error(f"--sections: unknown {sorted(RUN - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
 SMOKE = ARGS.smoke
 T_START = time.time()
 if SMOKE:
@@ -184,7 +193,10 @@ def check_train(name, dtype, B, T, H, HKV, D, W, tol):
     if dtype != torch.float32:
         ref_errs = errors(*reference([x.detach().requires_grad_() for x in lo], cos.to(dtype), sin.to(dtype), dtype))
     ok = verdict(errs, ref_errs, tol) and all(torch.isfinite(g).all().item() for g in grads)
-    return {"shape": f"B{B} T{T} H{H}/{HKV} D{D} W{W}", **errs, "ref": ref_errs, "tol": tol, "ok": ok}
+    # Non-finite q/k/v grad entries: kernel / fp32 reference (tells a kernel overflow from a reference one).
+    nonfinite = [sum(int((~torch.isfinite(g)).sum()) for g in gs[:3]) for gs in (grads, rgrads)]
+    return {"shape": f"B{B} T{T} H{H}/{HKV} D{D} W{W}", **errs, "ref": ref_errs, "tol": tol, "ok": ok,
+            "nonfinite": nonfinite}
 
 
 def check_decode(name, dtype, B, P, steps, H, HKV, D, W, tol, kernel_prefill=True):
@@ -268,7 +280,7 @@ def run_check(kind, fn, args):
 
 
 bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-for args in [
+CHECK_TRAIN = [
     ("hybrid", bf16, 2, 2048, 32, 8, 128, 64, 2e-2),
     ("hybrid", fp16, 2, 2048, 32, 8, 128, 64, 5e-3),
     ("hybrid", fp32, 1, 1000, 12, 4, 64, 128, 5e-3),
@@ -280,14 +292,17 @@ for args in [
     ("lolcats", bf16, 2, 2048, 32, 8, 128, 64, 2e-2),
     ("lolcats", fp16, 1, 2048, 32, 8, 128, 64, 5e-3),
     ("lolcats", fp32, 1, 1000, 12, 4, 64, 64, 5e-3),
-]:
-    run_check("train", check_train, args)
-for args in [("hybrid", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
+]
+CHECK_DECODE = [("hybrid", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
              ("hybrid", fp16, 4, 300, 6, 32, 8, 128, 64, 5e-3),
              ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2),
              ("lizard", fp16, 4, 300, 6, 32, 8, 128, 128, 5e-3),
-             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False)]:
-    run_check("prefill+decode", check_decode, args)
+             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False)]
+if "checks" in RUN:
+    for args in CHECK_TRAIN + CHECK_DECODE:
+        if args[0] in ARGS.variants.split(","):
+            run_check("train" if len(args) == 9 else "prefill+decode", check_train if len(args) == 9 else check_decode,
+                      args)
 
 # ----------------------------------------------------------------------------- shapes of (b), (c)
 H, HKV, D = (4, 2, 32) if SMOKE else (32, 8, 128)
@@ -355,7 +370,7 @@ def decode_row(B, ctx):
 
 
 DEC = []
-for ctx in ([64, 256] if SMOKE else [1024, 4096, 16384, 32768, 65536]):
+for ctx in ([] if "decode" not in RUN else [64, 256] if SMOKE else [1024, 4096, 16384, 32768, 65536]):
     B = 2 if SMOKE else 16
     if over_budget(f"decode ctx {ctx}"):
         continue
@@ -461,13 +476,122 @@ def time_layers(B, T):
 
 
 ROWS = []
-for B, T in ([(2, 64), (1, 128)] if SMOKE else [(8, 2048), (2, 8192), (1, 32768)]):
+LENGTHS = [int(x) for x in ARGS.lengths.split(",")]
+for B, T in ([] if "layers" not in RUN else [(2, 64), (1, 128)] if SMOKE else [(16384 // T, T) for T in LENGTHS]):
     time_layers(B, T)
     if not SMOKE:
         torch.cuda.empty_cache()
 
+# ----------------------------------------------------------------------------- (d) where the time goes
+PROF_B, PROF_T = (1, 128) if SMOKE else (2, 8192)
+
+
+def layer_inputs(B, T):
+    q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    do = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16)
+    return (q, k, v, *rope_tables(T, D, torch.bfloat16)), do
+
+
+def profile_layer(name, fn, iters=3):
+    """Device time per kernel (ms per fwd+bwd, top 12) of one layer, from torch.profiler."""
+    args, do = layer_inputs(PROF_B, PROF_T)
+    fn(*args).backward(do)
+    sync()
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([] if SMOKE else [torch.profiler.ProfilerActivity.CUDA])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn(*args).backward(do)
+        sync()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append((e.key[:70], t / 1e3 / iters, e.count // iters))
+    rows.sort(key=lambda r: -r[1])
+    return {"op": name, "total_ms": sum(r[1] for r in rows), "kernels": rows[:12]}
+
+
+PROF = []
+for name, fn in LAYERS if "profile" in RUN else []:
+    if fn is None or over_budget(f"profile {name}"):
+        continue
+    try:
+        PROF.append(profile_layer(name, fn))
+    except Exception as e:  # noqa: BLE001
+        PROF.append({"op": name, "error": repr(e)[:200]})
+        traceback.print_exc()
+    print(PROF[-1], flush=True)
+
+
+# ----------------------------------------------------------------------------- (e) launch-config sweep
+import linearize.kernels as LK  # noqa: E402
+
+BASE_LAUNCH, BASE_BLOCKS = LK._launch, LK._block_sizes
+SWEEP_VARIANTS = {
+    "liger": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
+              ("fwd s2", {"fwd": dict(num_stages=2)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
+              ("bwd w4", {"bwd": dict(num_warps=4)}), ("bwd s2", {"bwd": dict(num_stages=2)}),
+              ("state BV32 s2", {"state": dict(BV=32, num_stages=2)}),
+              ("state BV128 w8 s1", {"state": dict(BV=128, num_warps=8, num_stages=1)}),
+              ("scan BK64", {"scan": dict(BK=64)}), ("BT 128", 128), ("BT 32", 32)],
+    "lizard": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
+               ("bwd w4", {"bwd": dict(num_warps=4)}), ("state BV64", {"state": dict(BV=64)}), ("BT 64", 64)],
+}
+
+
+def with_launch(change):
+    """Patch the kernels' launch choice: a dict updates per-kernel options, an int sets the chunk BT."""
+
+    def launch(f, D, cuda, dtype=torch.bfloat16):
+        cfg = BASE_LAUNCH(f, D, cuda, dtype)
+        for key, upd in (change if isinstance(change, dict) else {}).items():
+            cfg[key] = {**cfg[key], **upd}
+        return cfg
+
+    def blocks(f, D, cuda):
+        BT, BC = BASE_BLOCKS(f, D, cuda)
+        if isinstance(change, int):
+            return change, (BC if BC != BT else change)
+        return BT, BC
+
+    LK._launch, LK._block_sizes = launch, blocks
+
+
+SWEEP = []
+for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN else []):
+    args, do = layer_inputs(PROF_B, PROF_T)
+    fn = fused_layer(core)
+    base_out = base_dq = None
+    for label, change in [("baseline", {})] + SWEEP_VARIANTS[cname]:
+        if over_budget(f"sweep {cname} {label}"):
+            continue
+        with_launch(change)
+        try:
+            args[0].grad = None
+            out = fn(*args)
+            out.backward(do)
+            row = {"core": cname, "variant": label}
+            if base_out is None:
+                base_out, base_dq = out.detach(), args[0].grad.detach().clone()
+            else:
+                row.update(err_out=rel(out, base_out), err_dq=rel(args[0].grad, base_dq))
+
+            def fb():
+                args[0].grad = args[1].grad = args[2].grad = None  # noqa: B023
+                fn(*args).backward(do)  # noqa: B023
+
+            row.update(fwd_ms=bench(lambda: fn(*args)), fwdbwd_ms=bench(fb))  # noqa: B023
+        except Exception as e:  # noqa: BLE001
+            row = {"core": cname, "variant": label, "error": repr(e)[:160]}
+        finally:
+            LK._launch, LK._block_sizes = BASE_LAUNCH, BASE_BLOCKS
+        SWEEP.append(row)
+        print(row, flush=True)
+
 # ----------------------------------------------------------------------------- report
-RES.update(checks=CHECKS, train=ROWS, decode=DEC, elapsed_s=time.time() - T_START)
+RES.update(checks=CHECKS, train=ROWS, decode=DEC, profile=PROF, sweep=SWEEP, elapsed_s=time.time() - T_START)
 out_dir = os.environ.get("OUT")
 
 
@@ -487,7 +611,9 @@ for c in CHECKS:
         continue
     e = [(f"{c[key]:.1e}" + (f" / {c['ref'][key]:.1e}" if key in c["ref"] else "")) if key in c else "-"
          for key in ("out", "dq", "dk", "dv", "dparams", "state")]
-    lines.append(f"| {c['check']} | {c['shape']} | {' | '.join(e)} | {c['tol']} | {c['ok']} |")
+    nf = f" (non-finite grads: kernel {c['nonfinite'][0]}, fp32 ref {c['nonfinite'][1]})" if any(
+        c.get("nonfinite", [0])) else ""
+    lines.append(f"| {c['check']} | {c['shape']} | {' | '.join(e)} | {c['tol']} | {c['ok']}{nf} |")
 lines += ["", "| decode step, one layer: B | ctx | SDPA over KV cache ms | fla fused_recurrent_gla ms | "
           "liger ours ms | lizard ours ms | KV cache MB | liger / lizard state MB |",
           "|---|---|---|---|---|---|---|---|"]
@@ -508,6 +634,23 @@ for r in ROWS:
         continue
     lines.append(f"| {r['op']} | {r['B']} | {r['T']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | "
                  f"{r['Mtok_s_fwdbwd']:.2f} | {fmt(r.get('peak_GiB'), '.2f')} |")
+if PROF:
+    lines += ["", f"device time per kernel, one fwd+bwd at B={PROF_B}, T={PROF_T} (torch.profiler, top 12)"]
+    for p in PROF:
+        if "error" in p:
+            lines.append(f"- {p['op']}: ERROR {p['error'][:100]}")
+            continue
+        lines.append(f"- {p['op']}: {p['total_ms']:.2f} ms: " + "; ".join(
+            f"{k} x{c} {t:.2f}" for k, t, c in p["kernels"]))
+if SWEEP:
+    lines += ["", f"| launch sweep (B={PROF_B}, T={PROF_T}, bf16) | variant | fwd ms | fwd+bwd ms | "
+              "err out / dq vs baseline |", "|---|---|---|---|---|"]
+    for r in SWEEP:
+        if "error" in r:
+            lines.append(f"| {r['core']} | {r['variant']} | ERROR {r['error'][:70]} | | |")
+            continue
+        err = f"{r['err_out']:.1e} / {r['err_dq']:.1e}" if "err_out" in r else "-"
+        lines.append(f"| {r['core']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {err} |")
 if RES["skipped"]:
     lines += ["", f"over the {ARGS.budget_s:.0f} s budget, skipped: {', '.join(RES['skipped'])}"]
 all_ok = len(CHECKS) == len(PLANNED) and all(c.get("ok") for c in CHECKS)

@@ -340,8 +340,9 @@ class HybridAttentionFunction(torch.autograd.Function):
         _hybrid_bwd_kv[grid](*ins, do, m, den, delta, dlq, rinv, dden, h, z, dh, dz, dk, dv, dlg, dwk,
                              *common, **meta)
         grads = [None] * 5
-        if f.gate == 2:  # reverse cumulative sum over time of the per-token terms, masked at padding
-            grads[0] = dlg.flip(-1).cumsum(-1).flip(-1)
+        if f.gate == 2:  # reverse cumulative sum within each chunk (the kernel added the cross-chunk part)
+            chunks = torch.nn.functional.pad(dlg, (0, NT * BT - T)).view(B, HKV, NT, BT)
+            grads[0] = chunks.flip(-1).cumsum(-1).flip(-1).view(B, HKV, NT * BT)[..., :T]
             if valid is not None:
                 grads[0] = grads[0] * valid[:, None, :]
         if f.fmap:

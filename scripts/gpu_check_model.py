@@ -1,0 +1,159 @@
+"""GPU check of the converted model end to end: the attention modules on the Triton kernels vs on the reference.
+
+For every shipped recipe, a random Llama (2 layers, H=8, H_kv=2, D=128) is converted and run on CUDA:
+(1) logits of a left-padded batch, bf16 kernels and bf16 reference each against the fp32 reference;
+(2) the padded row equals the same row run alone (kernels);
+(3) greedy ``generate`` (kernel prefill + decode steps through the cache) against the reference's: tokens
+    agreeing before the first divergence, and the logits' error over them;
+(4) one training step under bf16 autocast (fp32 weights, ``use_cache=False`` as in training; an eval-mode
+    forward with a cache takes the reference for gradients): grads of q_proj and of the new parameters, kernel
+    vs reference, each against the fp32 reference;
+(5) model fwd+bwd time at B=2, T=4096, kernels vs reference.
+A row passes when each kernel error is <= max(tol, 2 x the bf16 reference's own). Prints a table; writes
+$OUT/gpu_check_model.md when $OUT is set. Run from the repo root: python3 scripts/gpu_check_model.py
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+from triton.testing import do_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from linearize import AttentionSpec, linearize_model  # noqa: E402
+from linearize.modeling_linearized import FORCE_REFERENCE_ENV  # noqa: E402
+
+dev = "cuda"
+TOL = 2e-2
+
+
+def set_reference(on: bool) -> None:
+    os.environ[FORCE_REFERENCE_ENV] = "1" if on else "0"
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def student(recipe: str):
+    spec = yaml.safe_load((ROOT / "linearize" / "recipes" / f"{recipe}.yaml").read_text())["attention"]
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=1024, hidden_size=1024, intermediate_size=1024, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=2, head_dim=128, max_position_embeddings=8192,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = linearize_model(LlamaForCausalLM(cfg), AttentionSpec(**spec)).to(dev).eval()
+    with torch.no_grad():  # learned parts away from their initial values
+        for name, p in model.named_parameters():
+            if ".core." in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def logits(model, ids, mask, reference):
+    set_reference(reference)
+    with torch.no_grad():
+        return model(ids, attention_mask=mask, use_cache=False).logits.float()
+
+
+def check(recipe: str) -> dict:
+    model32 = student(recipe)
+    model16 = copy.deepcopy(model32).bfloat16()
+    B, T, pad = 2, 300, 37
+    ids = torch.randint(3, 1024, (B, T), device=dev)
+    mask = torch.ones(B, T, dtype=torch.long, device=dev)
+    mask[1, :pad] = 0
+    ids[1, :pad] = 0
+    keep = mask.bool()
+    ref = logits(model32, ids, mask, True)[keep]
+    r = {"recipe": recipe, "logits": rel(logits(model16, ids, mask, False)[keep], ref),
+         "logits_ref16": rel(logits(model16, ids, mask, True)[keep], ref)}
+    alone = logits(model16, ids[1:, pad:], None, False)[0]
+    padded = logits(model16, ids, mask, False)[1, pad:]
+    r["padded_vs_alone"] = rel(padded, alone)
+
+    prompt, pmask = ids[:, :64], mask[:, :64]
+    gens = {}
+    for name, reference in (("kernel", False), ("reference", True)):
+        set_reference(reference)
+        with torch.no_grad():
+            g = model16.generate(prompt, attention_mask=pmask, max_new_tokens=24, do_sample=False,
+                                 output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        gens[name] = (g.sequences[:, 64:], torch.stack(g.logits, 1).float())
+    same = (gens["kernel"][0] == gens["reference"][0]).all(0)
+    n = int(same.long().cumprod(0).sum())
+    r["generate_agree"] = f"{n}/24"
+    r["generate_logits"] = rel(gens["kernel"][1][:, : max(n, 1)], gens["reference"][1][:, : max(n, 1)])
+
+    labels = ids.masked_fill(~keep, -100)
+    grads = {}
+    for name, reference, autocast in (("kernel", False, True), ("ref16", True, True), ("ref32", True, False)):
+        set_reference(reference)
+        model32.zero_grad(set_to_none=True)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+            loss = model32(ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        loss.backward()
+        grads[name] = {n: p.grad.detach().clone() for n, p in model32.named_parameters()
+                       if p.grad is not None and (".core." in n or "q_proj" in n)}
+    for name in ("kernel", "ref16"):
+        r[f"grads_{name}"] = max(rel(grads[name][n], g) for n, g in grads["ref32"].items())
+
+    x = torch.randint(3, 1024, (2, 4096), device=dev)
+    for name, reference in (("kernel", False), ("reference", True)):
+        set_reference(reference)
+
+        def step():
+            model16.zero_grad(set_to_none=True)
+            model16(x, labels=x, use_cache=False).loss.backward()  # noqa: B023
+
+        try:
+            r[f"fwdbwd_ms_{name}"] = do_bench(step, warmup=25, rep=100, return_mode="median")
+        except torch.OutOfMemoryError:
+            r[f"fwdbwd_ms_{name}"] = float("nan")
+        torch.cuda.empty_cache()
+    r["ok"] = (all(math.isfinite(r[k]) for k in ("logits", "generate_logits", "grads_kernel"))
+               and r["logits"] <= max(TOL, 2 * r["logits_ref16"]) and r["padded_vs_alone"] <= TOL
+               and r["grads_kernel"] <= max(TOL, 2 * r["grads_ref16"]) and r["generate_logits"] <= TOL)
+    return r
+
+
+def main() -> None:
+    t0 = time.time()
+    rows = []
+    for recipe in sorted(p.stem for p in (ROOT / "linearize" / "recipes").glob("*.yaml")):
+        try:
+            rows.append(check(recipe))
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append({"recipe": recipe, "error": repr(e)[:200], "ok": False})
+        print(rows[-1], flush=True)
+    lines = [f"# converted model on {torch.cuda.get_device_name()} ({time.strftime('%Y-%m-%d')}), "
+             f"torch {torch.__version__}, {time.time() - t0:.0f} s", "",
+             "| recipe | logits kernel / ref bf16 | padded vs alone | generate agree | generate logits | "
+             "grads kernel / ref bf16 | fwd+bwd ms kernel / ref (B2 T4096) | ok |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | ERROR {r['error'][:100]} | | | | | | False |")
+            continue
+        lines.append(f"| {r['recipe']} | {r['logits']:.1e} / {r['logits_ref16']:.1e} | {r['padded_vs_alone']:.1e} | "
+                     f"{r['generate_agree']} | {r['generate_logits']:.1e} | {r['grads_kernel']:.1e} / "
+                     f"{r['grads_ref16']:.1e} | {r['fwdbwd_ms_kernel']:.1f} / {r['fwdbwd_ms_reference']:.1f} | "
+                     f"{r['ok']} |")
+    lines += ["", f"all model checks ok: {all(r['ok'] for r in rows)}"]
+    report = "\n".join(lines)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_check_model.md").write_text(report + "\n")
+    print("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
