@@ -56,16 +56,44 @@ def _mm(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _mm_split(a, b, DT: tl.constexpr):
+def _pow2_scale(x):
+    """The power of two at or above max |x| (1e-30 floor): dividing by it keeps every entry in [-1, 1]."""
+    return tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-30))))
+
+
+@triton.jit
+def _mm_wide(a, b, DT: tl.constexpr, WIDE: tl.constexpr):
+    """a @ b where, with WIDE, an operand may exceed fp16's range: the normalised branch's gradients carry
+    1 / den, up to 1 / eps where a query's features barely meet the keys'. In fp16 each operand is divided
+    by a power of two (exact) to at most 1 in magnitude and the product scaled back; bf16 and fp32 have
+    fp32's range, so a plain ``_mm``."""
+    if WIDE and DT == tl.float16:
+        sa = _pow2_scale(a)
+        sb = _pow2_scale(b)
+        return _mm(a / sa, b / sb, DT) * (sa * sb)
+    else:
+        return _mm(a, b, DT)
+
+
+@triton.jit
+def _mm_split(a, b, DT: tl.constexpr, WIDE: tl.constexpr):
     """a @ b for ``a`` exact in DT and ``b`` fp32: ``b`` split into its DT-rounded high part and the DT-rounded
     remainder, two DT dots (about twice DT's mantissa bits of ``b``; fp32 inputs: one fp32 dot). For the
-    learned gate's state terms, whose per-token gradient terms nearly cancel in the reverse cumsum."""
+    learned gate's state terms, whose per-token gradient terms nearly cancel in the reverse cumsum. WIDE:
+    ``b`` scaled into fp16's range first, as in ``_mm_wide``."""
     if DT == tl.float32:
         return _mm(a, b, DT)
     else:
-        hi = b.to(DT)
-        lo = (b - hi.to(tl.float32)).to(DT)
-        return _mm(a, hi, DT) + _mm(a, lo, DT)
+        if WIDE and DT == tl.float16:
+            sb = _pow2_scale(b)
+            bs = b / sb
+            hi = bs.to(DT)
+            lo = (bs - hi.to(tl.float32)).to(DT)
+            return (_mm(a, hi, DT) + _mm(a, lo, DT)) * sb
+        else:
+            hi = b.to(DT)
+            lo = (b - hi.to(tl.float32)).to(DT)
+            return _mm(a, hi, DT) + _mm(a, lo, DT)
 
 
 @triton.jit
@@ -190,25 +218,25 @@ def _intra(qf, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.const
 
 
 @triton.jit
-def _intra_left(da, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
-    """sum_s da_ts kf_s exp(b_t - b_s)  (da already masked)."""
+def _intra_left(da, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+    """sum_s da_ts kf_s exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
         return tl.dot(da, kf * tl.exp(-cum)) * tl.exp(cum)
     elif GATE == 2:
-        return _mm(da * _decay(cum, mask, BC), kf, DT)
+        return _mm_wide(da * _decay(cum, mask, BC), kf, DT, WIDE)
     else:
-        return _mm(da, kf, DT)
+        return _mm_wide(da, kf, DT, WIDE)
 
 
 @triton.jit
-def _intra_right(da, qf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
-    """sum_t da_ts qf_t exp(b_t - b_s)  (da already masked)."""
+def _intra_right(da, qf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+    """sum_t da_ts qf_t exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
         return tl.dot(tl.trans(da), qf * tl.exp(cum)) * tl.exp(-cum)
     elif GATE == 2:
-        return _mm(tl.trans(da * _decay(cum, mask, BC)), qf, DT)
+        return _mm_wide(tl.trans(da * _decay(cum, mask, BC)), qf, DT, WIDE)
     else:
-        return _mm(tl.trans(da), qf, DT)
+        return _mm_wide(tl.trans(da), qf, DT, WIDE)
 
 
 @triton.jit
@@ -277,7 +305,7 @@ def _chunk_state(
                 rbase = (b * HKV * G + h) * T
                 do = do * tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)[:, None]
                 dz += tl.sum(qt * tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)[:, None], 0)
-            dS += _mm(tl.trans(qt), do, DT)
+            dS += _mm_wide(tl.trans(qt), do, DT, NORM)
         tl.store(dh_ptr + hidx, dS)
         if NORM:
             if pid_v == 0:
@@ -549,7 +577,7 @@ def _hybrid_bwd_q(
                     dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
                     diag = diag * rinv + dden
                 da = tl.where(strict, da, 0.0)
-                dqf = _intra_left(da, kf, cum, strict, BC, GATE, DT) + dstate * e_cum
+                dqf = _intra_left(da, kf, cum, strict, BC, GATE, DT, NORM) + dstate * e_cum
                 if GATE == 1:
                     dlq += qf * dqf
                 if GATE == 2:
@@ -672,9 +700,9 @@ def _hybrid_bwd_kv(
             e_end = tl.exp(total[None, :] - cum)
             kend = kf * e_end
             if GATE == 2:
-                dsv = _mm_split(vv, tl.trans(dS), DT)
+                dsv = _mm_split(vv, tl.trans(dS), DT, NORM)
             else:
-                dsv = _mm(vv, tl.trans(dS), DT)
+                dsv = _mm_wide(vv, tl.trans(dS), DT, NORM)
             if NORM:
                 dsv += dZ[None, :]
             dkf = e_end * dsv
@@ -682,7 +710,7 @@ def _hybrid_bwd_kv(
                 dkf_diag = tl.zeros((BC, F), dtype=tl.float32)
             if GATE == 2:
                 krow = tl.sum(kf * dkf, 1)
-            dv += _mm(kend, dS, DT)
+            dv += _mm_wide(kend, dS, DT, NORM)
             if BT // BC > 1:  # gradient w.r.t. the state at the end of the previous sub-block
                 dS_prev = dS * tl.exp(total)[:, None]
                 if NORM:
@@ -712,9 +740,9 @@ def _hybrid_bwd_kv(
                     diag = diag * rinv + dden
                     if BT // BC > 1:
                         dZ_prev += tl.sum(qt * dden[:, None], 0)
-                dv += _mm(tl.trans(a), dnum, DT)
+                dv += _mm_wide(tl.trans(a), dnum, DT, NORM)
                 da = tl.where(strict, da, 0.0)
-                dkc = _intra_right(da, qf, cum, strict, BC, GATE, DT)
+                dkc = _intra_right(da, qf, cum, strict, BC, GATE, DT, NORM)
                 if GATE == 1:
                     dkf += dkc
                     dkf_diag += qf * diag[:, None]
@@ -723,7 +751,7 @@ def _hybrid_bwd_kv(
                     if GATE == 2:
                         krow += tl.sum(da * a, 0)
                 if BT // BC > 1:
-                    dS_prev += _mm(tl.trans(qt), dnum, DT)
+                    dS_prev += _mm_wide(tl.trans(qt), dnum, DT, NORM)
             if HAS_WIN:
                 mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
                 for qb in range(t0 // BC, q_hi):
