@@ -17,7 +17,10 @@
     elementwise ops, as in /work/shared/anchor_bench/gpu_liger_layer_bench.py), timed last (autotune).
     H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k}.
 Every case runs in its own try; a wall-clock budget (--budget-s) skips what is left and still prints
-the tables, so the call ends inside the device's limit.
+the tables, so the call ends inside the device's limit. Compiling dominates a cold run (H100: ~6 min for
+the checks, decode and one length in one process), so by default 8 worker processes first run the checks
+and compile every kernel the timed sections will launch, in parallel; the timed sections then load them
+from Triton's on-disk cache (--jobs 1: all in this process).
 
 Run from the repo root:  python3 scripts/gpu_check_kernels.py   (writes $OUT/gpu_check_kernels.json and .md
 when $OUT is set)
@@ -48,12 +51,23 @@ ap.add_argument("--sections", default=",".join(SECTIONS),
 ap.add_argument("--variants", default="hybrid,linear,window,lizard,lolcats",
                 help="comma-separated variants for the correctness checks")
 ap.add_argument("--lengths", default="2048,8192,32768", help="comma-separated T for the layer timing (B*T = 16k)")
+ap.add_argument("--jobs", type=int, default=None,
+                help="processes that run the checks and compile every timed kernel in parallel first (Triton's "
+                     "on-disk cache then serves the timed sections); 1: everything in this process "
+                     "(default 8 on a GPU, 1 with --smoke)")
+ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "i/N:dir", set for the worker processes
 ARGS = ap.parse_args()
 RUN = set(ARGS.sections.split(","))
 if not RUN <= set(SECTIONS):
     ap.error(f"--sections: unknown {sorted(RUN - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
 SMOKE = ARGS.smoke
-T_START = time.time()
+if ARGS.jobs is None:
+    ARGS.jobs = 1 if SMOKE else 8
+T_START = float(os.environ.get("GPU_CHECK_T0", time.time()))  # workers share the main process's clock
+WORKER = None
+if ARGS.worker:
+    _slot, WORKER_DIR = ARGS.worker.split(":", 1)
+    WORKER = tuple(int(x) for x in _slot.split("/"))  # (index, count)
 if SMOKE:
     os.environ["TRITON_INTERPRET"] = "1"
 else:
@@ -85,6 +99,16 @@ else:
     except Exception as e:  # noqa: BLE001
         RES["fla"] = f"not importable: {e!r}"[:200]
         print("fla not importable (carry fla-core==0.6.0 and flash-linear-attention==0.6.0 as wheels):", e, flush=True)
+
+
+TASKS = []  # work items, in order; worker i of N takes items i, i + N, ...
+
+
+def mine(task) -> bool:
+    """Register a work item; True when this process should do it (the main process with --jobs 1, else
+    the worker it falls to)."""
+    TASKS.append(task)
+    return WORKER is None or (len(TASKS) - 1) % WORKER[1] == WORKER[0]
 
 
 def over_budget(what):
@@ -298,14 +322,59 @@ CHECK_DECODE = [("hybrid", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
              ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2),
              ("lizard", fp16, 4, 300, 6, 32, 8, 128, 128, 5e-3),
              ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False)]
-if "checks" in RUN:
-    for args in CHECK_TRAIN + CHECK_DECODE:
-        if args[0] in ARGS.variants.split(","):
-            run_check("train" if len(args) == 9 else "prefill+decode", check_train if len(args) == 9 else check_decode,
-                      args)
+SELECTED = [a for a in CHECK_TRAIN + CHECK_DECODE if "checks" in RUN and a[0] in ARGS.variants.split(",")]
+
+
+def spawn_workers():
+    """Run the checks and compile every timed kernel in ``ARGS.jobs`` processes at once (Triton compiles on the
+    CPU, one kernel at a time per process); the check rows come back as JSON files, in order."""
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="gpu_check_")
+    env = {**os.environ, "GPU_CHECK_T0": str(T_START), "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker",
+                               f"{i}/{ARGS.jobs}:{tmp}"], env=env) for i in range(ARGS.jobs)]
+    codes = [p.wait() for p in procs]
+    print(f"workers done in {time.time() - T_START:.0f} s (exit codes {codes})", flush=True)
+    rows = {}
+    for i in range(ARGS.jobs):
+        path = os.path.join(tmp, f"checks-{i}.json")
+        if os.path.exists(path):
+            with open(path) as fh:
+                rows.update({int(k): v for k, v in json.load(fh).items()})
+    for idx, args in enumerate(SELECTED):
+        PLANNED.append(args)
+        if idx in rows:
+            CHECKS.append(rows[idx])
+            print(rows[idx], flush=True)
+        else:
+            RES["skipped"].append(f"check {args[0]} {str(args[1])[6:]} (no row from its worker)")
+
+
+def kind_of(args):
+    return ("train", check_train) if len(args) == 9 else ("prefill+decode", check_decode)
+
+
+if WORKER is not None:
+    done = {}
+    for idx, args in enumerate(SELECTED):
+        if mine(("check", idx)):
+            before = len(CHECKS)
+            run_check(*kind_of(args), args)
+            if len(CHECKS) > before:
+                done[idx] = CHECKS[-1]
+    with open(os.path.join(WORKER_DIR, f"checks-{WORKER[0]}.json"), "w") as fh:
+        json.dump(done, fh, default=str)
+elif ARGS.jobs > 1:
+    spawn_workers()
+else:
+    for args in SELECTED:
+        run_check(*kind_of(args), args)
 
 # ----------------------------------------------------------------------------- shapes of (b), (c)
 H, HKV, D = (4, 2, 32) if SMOKE else (32, 8, 128)
+PROF_B, PROF_T = (1, 128) if SMOKE else (2, 8192)  # the profile's and the sweep's shape
 W = 64
 LIGER = HybridAttentionCore(AttentionSpec(), HIDDEN, H, HKV, D).to(dev)
 LIZARD = make_core("lizard", H, HKV, D, 128)
@@ -369,8 +438,20 @@ def decode_row(B, ctx):
     return r
 
 
+def warm_decode():
+    """Compile the decode kernels (their work does not depend on the context length)."""
+    for core in (LIGER, LIZARD):
+        q = torch.randn(2, H, 1, D, device=dev, dtype=torch.bfloat16)
+        k1, v1 = (torch.randn(2, HKV, 1, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        with torch.no_grad():
+            hybrid_attention_kernel(core, q, k1, v1, *rope_at(1), torch.randn(2, 1, HIDDEN, device=dev),
+                                    1 / math.sqrt(D), None, None, filled_state(core, 2))
+
+
 DEC = []
-for ctx in ([] if "decode" not in RUN else [64, 256] if SMOKE else [1024, 4096, 16384, 32768, 65536]):
+if WORKER is not None and "decode" in RUN and mine(("decode",)):
+    warm_decode()
+for ctx in ([] if "decode" not in RUN or WORKER else [64, 256] if SMOKE else [1024, 4096, 16384, 32768, 65536]):
     B = 2 if SMOKE else 16
     if over_budget(f"decode ctx {ctx}"):
         continue
@@ -477,13 +558,33 @@ def time_layers(B, T):
 
 ROWS = []
 LENGTHS = [int(x) for x in ARGS.lengths.split(",")]
-for B, T in ([] if "layers" not in RUN else [(2, 64), (1, 128)] if SMOKE else [(16384 // T, T) for T in LENGTHS]):
+SHAPES = [(2, 64), (1, 128)] if SMOKE else [(16384 // T, T) for T in LENGTHS]
+
+
+def warm_layer(fn, B, T):
+    """One fwd+bwd at (B, T): compiles the kernels the timing will run."""
+    q = torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, T, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    out = fn(q, k, v, *rope_tables(T, D, torch.bfloat16))
+    out.backward(torch.randn_like(out))  # a dense output gradient, as timed (specialisation follows strides)
+
+
+if WORKER is not None:
+    warm_shapes = (SHAPES if "layers" in RUN else []) + ([(PROF_B, PROF_T)] if {"profile", "sweep"} & RUN else [])
+    for B, T in dict.fromkeys(warm_shapes):
+        for name, fn in LAYERS:
+            if name.endswith("_ours") and mine(("layer", name, T)) and not over_budget(f"warm {name} T{T}"):
+                try:
+                    warm_layer(fn, B, T)
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+for B, T in ([] if "layers" not in RUN or WORKER else SHAPES):
     time_layers(B, T)
     if not SMOKE:
         torch.cuda.empty_cache()
 
 # ----------------------------------------------------------------------------- (d) where the time goes
-PROF_B, PROF_T = (1, 128) if SMOKE else (2, 8192)
 
 
 def layer_inputs(B, T):
@@ -514,7 +615,7 @@ def profile_layer(name, fn, iters=3):
 
 
 PROF = []
-for name, fn in LAYERS if "profile" in RUN else []:
+for name, fn in LAYERS if "profile" in RUN and not WORKER else []:
     if fn is None or over_budget(f"profile {name}"):
         continue
     try:
@@ -558,6 +659,19 @@ def with_launch(change):
 
     LK._launch, LK._block_sizes = launch, blocks
 
+
+if WORKER is not None:
+    for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN else []):
+        for label, change in SWEEP_VARIANTS[cname]:
+            if mine(("sweep", cname, label)) and not over_budget(f"warm sweep {cname} {label}"):
+                with_launch(change)
+                try:
+                    warm_layer(fused_layer(core), PROF_B, PROF_T)
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+                finally:
+                    LK._launch, LK._block_sizes = BASE_LAUNCH, BASE_BLOCKS
+    sys.exit(0)
 
 SWEEP = []
 for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN else []):
