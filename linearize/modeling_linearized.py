@@ -159,8 +159,9 @@ class LinearizedMixin:
         if "past_key_values" in kwargs:
             kwargs["cache"] = kwargs.pop("past_key_values")
         use_cache = kwargs.get("use_cache")
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
+        if use_cache is None:  # a forward that will be backpropagated needs no cache (and the kernels take
+            # gradients only without a decoding state), also in eval mode
+            use_cache = self.config.use_cache and not self.training and not torch.is_grad_enabled()
         if use_cache and kwargs.get("cache") is None:
             kwargs["cache"] = LinearizedCache(self.config)
         kwargs["use_cache"] = use_cache

@@ -5,8 +5,8 @@ For every shipped recipe, a random Llama (2 layers, H=8, H_kv=2, D=128) is conve
 (2) the padded row equals the same row run alone (kernels);
 (3) greedy ``generate`` (kernel prefill + decode steps through the cache) against the reference's: tokens
     agreeing before the first divergence, and the logits' error over them;
-(4) one training step under bf16 autocast (fp32 weights, ``use_cache=False`` as in training; an eval-mode
-    forward with a cache takes the reference for gradients): grads of q_proj and of the new parameters, kernel
+(4) one training step under bf16 autocast (fp32 weights, ``use_cache=False`` as in training; gradients
+    through a decoding cache take the reference): grads of q_proj and of the new parameters, kernel
     vs reference, each against the fp32 reference;
 (5) model fwd+bwd time at B=2, T=4096, kernels vs reference.
 A row passes when each kernel error is <= max(tol, 2 x the bf16 reference's own). Prints a table; writes

@@ -152,3 +152,17 @@ def test_teacher_mode_reproduces_the_teacher():
         assert (student(ids, use_cache=False).logits - teacher(ids, use_cache=False).logits).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="attention mode 'x'"):
         student.set_attention_mode("x")
+
+
+def test_a_forward_with_gradients_builds_no_cache_unless_asked():
+    """In eval mode a plain forward caches (as transformers models do), but not one that will be
+    backpropagated: gradients cannot pass a decoding state on the kernels, which would fall back to the
+    reference for every training-style call made in eval mode."""
+    model = _student("llama", "liger-gla").eval()
+    ids = torch.randint(3, 128, (1, 12))
+    with torch.no_grad():
+        assert isinstance(model(ids).cache, LinearizedCache)
+    out = model(ids, labels=ids)
+    assert out.cache is None
+    out.loss.backward()
+    assert isinstance(model(ids, use_cache=True).cache, LinearizedCache)
