@@ -8,7 +8,8 @@
     every kernel error is <= max(tol, 2 x that reference's own error against fp32): the kernels' dots take
     operands in the input dtype, so their learned-parameter grads are off by about as much as the reference's.
 (b) decode: one step (B=16) vs context: SDPA over a KV cache, fla fused_recurrent_gla, our decode
-    kernel for Liger-GLA and for Lizard (hedgehog maps, learned gate, normaliser, window 128, sinks).
+    kernel for Liger-GLA, for Lizard (hedgehog maps, learned gate, normaliser, window 128, sinks) and for
+    LoLCATs (hedgehog maps, window 64 under one normaliser).
 (c) timing (triton.testing.do_bench, warm-up then median): the whole layer from raw q/k/v
     (feature maps, gate, RoPE, both branches, mix; projections excluded), fwd, fwd+bwd and peak
     memory, for: a standard RoPE + SDPA (flash, GQA) layer; our fused kernels (Liger-GLA; Lizard:
@@ -321,7 +322,8 @@ CHECK_DECODE = [("hybrid", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2),
              ("hybrid", fp16, 4, 300, 6, 32, 8, 128, 64, 5e-3),
              ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2),
              ("lizard", fp16, 4, 300, 6, 32, 8, 128, 128, 5e-3),
-             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False)]
+             ("lizard", bf16, 4, 300, 6, 32, 8, 128, 128, 2e-2, False),
+             ("lolcats", bf16, 4, 300, 6, 32, 8, 128, 64, 2e-2)]
 SELECTED = [a for a in CHECK_TRAIN + CHECK_DECODE if "checks" in RUN and a[0] in ARGS.variants.split(",")]
 
 
@@ -395,8 +397,10 @@ def filled_state(core, B):
             t.fill_(True)
         else:
             t.normal_()
-    if core.spec.normalize:
+    if core.spec.normalize or core.spec.shared:
         state["linear"][..., -1].abs_().add_(1.0)
+    if "kfeat" in state:
+        state["kfeat"].abs_()
     return state
 
 
@@ -424,7 +428,7 @@ def decode_row(B, ctx):
     v1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
     c1, s1 = rope_at(ctx)
     hid1 = torch.randn(B, 1, HIDDEN, device=dev)
-    for name, core in [("liger", LIGER), ("lizard", LIZARD)]:
+    for name, core in [("liger", LIGER), ("lizard", LIZARD), ("lolcats", LOLCATS)]:
         state = filled_state(core, B)
         r[f"{name}_state_MB_per_layer"] = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
         with torch.no_grad():
@@ -440,7 +444,7 @@ def decode_row(B, ctx):
 
 def warm_decode():
     """Compile the decode kernels (their work does not depend on the context length)."""
-    for core in (LIGER, LIZARD):
+    for core in (LIGER, LIZARD, LOLCATS):
         q = torch.randn(2, H, 1, D, device=dev, dtype=torch.bfloat16)
         k1, v1 = (torch.randn(2, HKV, 1, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
         with torch.no_grad():
@@ -729,14 +733,15 @@ for c in CHECKS:
         c.get("nonfinite", [0])) else ""
     lines.append(f"| {c['check']} | {c['shape']} | {' | '.join(e)} | {c['tol']} | {c['ok']}{nf} |")
 lines += ["", "| decode step, one layer: B | ctx | SDPA over KV cache ms | fla fused_recurrent_gla ms | "
-          "liger ours ms | lizard ours ms | KV cache MB | liger / lizard state MB |",
-          "|---|---|---|---|---|---|---|---|"]
+          "liger ours ms | lizard ours ms | lolcats ours ms | KV cache MB | liger / lizard / lolcats state MB |",
+          "|---|---|---|---|---|---|---|---|---|"]
 for r in DEC:
     err = f" ERROR {r['error'][:80]}" if "error" in r else ""
     lines.append(f"| {r['B']} | {r['ctx']} | {fmt(r.get('sdpa_kvcache_ms'))} | {fmt(r.get('fla_recurrent_gla_ms'))} | "
                  f"{fmt(r.get('liger_decode_ms'))} | {fmt(r.get('lizard_decode_ms'))} | "
-                 f"{fmt(r.get('kv_cache_MB_per_layer'), '.0f')} | {fmt(r.get('liger_state_MB_per_layer'), '.1f')} / "
-                 f"{fmt(r.get('lizard_state_MB_per_layer'), '.1f')} |{err}")
+                 f"{fmt(r.get('lolcats_decode_ms'))} | {fmt(r.get('kv_cache_MB_per_layer'), '.0f')} | "
+                 f"{fmt(r.get('liger_state_MB_per_layer'), '.1f')} / {fmt(r.get('lizard_state_MB_per_layer'), '.1f')} / "
+                 f"{fmt(r.get('lolcats_state_MB_per_layer'), '.1f')} |{err}")
 lines += ["", f"| layer (H={H}/{HKV}, D={D}, bf16) | B | T | fwd ms | fwd+bwd ms | Mtok/s fwd+bwd | peak GiB |",
           "|---|---|---|---|---|---|---|"]
 for r in ROWS:

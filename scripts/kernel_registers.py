@@ -51,12 +51,12 @@ from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
 KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_bwd_q,
                                    _hc._hybrid_bwd_kv, _lc._lolcats_fwd, _lc._lolcats_bwd_q, _lc._lolcats_bwd_kv,
-                                   _decode_mod._hybrid_decode)}
+                                   _decode_mod._hybrid_decode, _decode_mod._lolcats_decode)}
 G, T, HKV = 4, 2048, 8
 # In the activation dtype: inputs, outputs, their gradients, and the hedgehog weights (the training / prefill
 # launchers cast them, ``_dot_weights``; decode reads a bf16 model's own).
 ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk"}
-MASKS = {"valid", "step_valid", "wvalid_new"}
+MASKS = {"valid", "step_valid", "wvalid_new", "wvalid_old"}
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
 INTS = {"T": T, "HKV": HKV, "NT": T // 64}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -133,7 +133,9 @@ def launches(spec, D, dtype=torch.bfloat16):
                 ("_lolcats_bwd_q", "bwd", lol, {}, bw_o),
                 ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
                 ("_chunk_scan", "bwd", scan, {"FIRST": 1}, sc_o),
-                ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o)]
+                ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o),
+                ("_lolcats_decode", "decode", dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=spec.window), {},
+                 {"num_warps": _decode_warps(2 * spec.window, D)})]
         return out
     f = _flags(spec)
     BT, BC = _block_sizes(f, D, True)

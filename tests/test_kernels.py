@@ -162,7 +162,7 @@ def test_prefill_then_decode(branches, window, D, H, HKV):
 @pytest.mark.parametrize("variant", ["lolcats_state", "lolcats_window48", "softcap", "filled_window"])
 def test_uncovered_variants_fall_back_to_reference(variant):
     """LoLCATs with a window that is no multiple of the chunk length / softcap / prefill on a non-empty cache /
-    LoLCATs with a state: explicit reference, same results."""
+    LoLCATs prefill on a non-empty linear state: explicit reference, same results."""
     B, H, HKV, T, D = 2, 3, 1, 17, 64
     softcap, state = None, None
     if variant in ("lolcats_window48", "lolcats_state"):
@@ -178,6 +178,8 @@ def test_uncovered_variants_fall_back_to_reference(variant):
         state = core.empty_state(B, q.device, q.dtype)
     if variant == "filled_window":
         state["valid"][:, -3:] = True
+    if variant == "lolcats_state":
+        state["linear"] += 0.1
     reason = kernel_fallback_reason(core, q, k, v, softcap, state)
     assert reason is not None
     params = [p for p in core.parameters()]

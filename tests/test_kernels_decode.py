@@ -1,9 +1,11 @@
-"""Kernels with a decoding state for Lizard-style features, on CPU under TRITON_INTERPRET=1.
+"""Kernels with a decoding state for Lizard-style features and LoLCATs, on CPU under TRITON_INTERPRET=1.
 
-Prefill into a fresh state (``_fwd`` with its final state) and single-token decode steps
-(``_hybrid_decode``) against the reference (``HybridAttentionCore``: chunked prefill, then recurrent
-steps): hedgehog maps, learned gate, normaliser (the ``z`` column of the linear state), sinks and
-learned mix. Outputs and every state tensor are compared, the normaliser column on its own.
+Prefill into a fresh state (``_fwd`` with its final state; LoLCATs: its fused kernels, then the state) and
+single-token decode steps (``_hybrid_decode``, ``_lolcats_decode``) against the reference
+(``HybridAttentionCore``: chunked prefill, then recurrent steps): hedgehog maps, learned gate, normaliser
+(the ``z`` column of the linear state), sinks and learned mix; LoLCATs' shared normaliser, keys leaving the
+window for the linear state, the feature buffer. Outputs and every state tensor are compared, the normaliser
+column on its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from linearize.kernels import hybrid_attention_kernel, kernel_fallback_reason
 from test_kernels import HIDDEN, LIZARD, _inputs, _learned_core, _reference, _rel
 
 GLA_HH = AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned", normalize=True)
+LOLCATS_W32 = AttentionSpec(feature_map="hedgehog", gate="none", window=32, mix="shared")
 LIZARD_W16 = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=16, num_sinks=4,
                            mix="learned")
 
@@ -64,6 +67,8 @@ CASES = [
     ("gla_hh_learned_norm", GLA_HH, 64, 6, 2, (40, 21), 3),  # second prefill on a non-empty state (s0, z0)
     ("gla_key_norm", AttentionSpec(branches="linear", gate="key", normalize=True), 64, 3, 1, (40,), 3),
     ("swa_sinks", AttentionSpec(branches="window", window=32, num_sinks=4), 64, 3, 1, (40,), 3),
+    ("lolcats_w32", LOLCATS_W32, 64, 6, 2, (70,), 4),  # keys older than the window in the linear state
+    ("lolcats_short_d128", LOLCATS_W32, 128, 2, 2, (20,), 14),  # prompt shorter than the window, evictions
 ]
 
 
@@ -95,10 +100,11 @@ def test_prefill_then_decode_fp32(name, spec, D, H, HKV, prefills, steps):
         assert ref_st["linear"][..., -1].abs().min() > 0  # the normaliser column is exercised
 
 
-def test_prefill_then_decode_fp16():
+@pytest.mark.parametrize("spec,P", [(LIZARD_W16, 20), (LOLCATS_W32, 40)], ids=["lizard", "lolcats"])
+def test_prefill_then_decode_fp16(spec, P):
     """fp16 inputs and window buffers: the kernel stream against the fp32 reference stream."""
-    core = _learned_core(LIZARD_W16, 3, 1, 64)
-    B, P, steps = 2, 20, 3
+    core = _learned_core(spec, 3, 1, 64)
+    B, steps = 2, 3
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, 3, 1, P + steps, 64, True, dtype=torch.float16)
     x16 = (q, k, v, hidden.float(), cos, sin, key_valid, 0.125)
     x32 = (q.float(), k.float(), v.float(), hidden.float(), cos.float(), sin.float(), key_valid, 0.125)
@@ -115,10 +121,11 @@ def test_prefill_then_decode_fp16():
             assert all(e <= 5e-3 for e in errs.values()), (t0, t1, errs)
 
 
-def test_paths_interchangeable_mid_stream():
+@pytest.mark.parametrize("spec,P", [(LIZARD_W16, 24), (LOLCATS_W32, 40)], ids=["lizard", "lolcats"])
+def test_paths_interchangeable_mid_stream(spec, P):
     """Reference prefill then kernel decode (and kernel prefill then alternating steps) == pure reference."""
-    core = _learned_core(LIZARD_W16, 6, 2, 64, seed=1)
-    B, P, steps = 2, 24, 3
+    core = _learned_core(spec, 6, 2, 64, seed=1)
+    B, steps = 2, 3
     x = (*_inputs(B, 6, 2, P + steps, 64, True, seed=1), 0.125)
     spans = [(0, P)] + [(t, t + 1) for t in range(P, P + steps)]
     streams = {

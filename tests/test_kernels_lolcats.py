@@ -118,14 +118,17 @@ def test_lolcats_padding_matches_row_alone():
 
 
 def test_lolcats_fallbacks():
-    """A window that is not a multiple of the chunk length, and any call with a decoding state, use the reference."""
+    """A window that is not a multiple of the chunk length, and a prefill on top of a non-empty decoding state,
+    use the reference."""
     core = _learned_core(_lolcats(48), 3, 1, 64)
     q, k, v, hidden, cos, sin, key_valid = _inputs(2, 3, 1, 17, 64, True)
     assert "multiple" in kernel_fallback_reason(core, q, k, v)
     core = _learned_core(_lolcats(), 3, 1, 64)
     with torch.no_grad():
         state = core.empty_state(2, q.device, q.dtype)
-        assert kernel_fallback_reason(core, q, k, v, None, state) is not None
+        assert kernel_fallback_reason(core, q, k, v, None, state) is None  # a fresh state: kernels
+        state["valid"][:, -2:] = True
+        assert "window buffer" in kernel_fallback_reason(core, q, k, v, None, state)
         out, new_state = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, 0.125, key_valid, None, state)
         ref, ref_state = _reference(core, q, k, v, cos, sin, hidden, 0.125, key_valid, state)
     assert torch.equal(out, ref) and set(new_state) == set(ref_state)

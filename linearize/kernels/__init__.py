@@ -15,12 +15,14 @@ Covered by the fused kernels (training / prefill forward + backward, chunk-paral
   window_factor; ``lolcats_chunked.py``), window a multiple of the chunk length (32).
 So Liger-GLA, Lizard and LoLCATs train on the kernels, with gradients of every learned parameter.
 Decode step (T = 1 with a state, power-of-two window) and prefill into a fresh state (no grad): the
-same features (Liger-GLA, Lizard, GLA, SWA), states in ``HybridAttentionCore.empty_state``'s layout
-(normalised: the ``z`` column after the values), so the reference and the kernels can alternate.
+same features (Liger-GLA, Lizard, GLA, SWA) and LoLCATs (``_lolcats_decode``; its prefill runs the fused
+kernels, then builds the state in torch), states in ``HybridAttentionCore.empty_state``'s layout
+(normalised: the ``z`` column after the values; LoLCATs: the normaliser column and the ``kfeat`` buffer),
+so the reference and the kernels can alternate.
 
 Everything else runs the PyTorch reference ``core(...)`` explicitly (``kernel_fallback_reason``
-says why): LoLCATs with a state or a window that is no multiple of the chunk length, softcap (Gemma 2),
-prefill on top of a non-empty window buffer, gradients through a state (grad enabled with inputs or
+says why): LoLCATs with a window that is no multiple of the chunk length (prefill / training), softcap
+(Gemma 2), prefill on top of a non-empty window buffer (LoLCATs: or linear state), gradients through a state (grad enabled with inputs or
 learned parameters requiring it); on the GPU, hedgehog maps at head dim > 128, and fp32 activations with
 hedgehog maps at head dim 128 when gradients are needed (shared memory of one sm_90 block).
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
@@ -38,7 +40,7 @@ from ..attention_reference import apply_rope as _apply_rope
 try:
     import triton
 
-    from .decode import _hybrid_decode
+    from .decode import _hybrid_decode, _lolcats_decode
     from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
     from .lolcats_chunked import LolcatsAttentionFunction, lolcats_config
 
@@ -67,7 +69,9 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
     D, DV = q_raw.shape[-1], v.shape[-1]
     if not (_is_pow2(D) and 16 <= D <= 256) or DV != D:
         return f"head dim {D} / value dim {DV} (needs equal powers of two in [16, 256])"
-    if spec.shared:
+    T = q_raw.shape[2]
+    decode = state is not None and T == 1
+    if spec.shared and not decode:
         chunk = lolcats_config(D, q_raw.is_cuda and not INTERPRET)["BT"]
         if spec.window % chunk:
             return f"LoLCATs kernels need a window that is a multiple of the chunk length ({chunk})"
@@ -78,8 +82,6 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
             return "softcap is reference-only"
     wants_grad = torch.is_grad_enabled() and (q_raw.requires_grad or k_raw.requires_grad or v.requires_grad
                                               or any(p.requires_grad for p in core.parameters()))
-    T = q_raw.shape[2]
-    decode = state is not None and T == 1
     if q_raw.is_cuda and not INTERPRET and spec.has_linear and spec.feature_map == "hedgehog" and not decode:
         # Compile-only report (scripts/kernel_registers.py, sm_90): these launches would fail with OutOfResources.
         if D > 128:
@@ -88,8 +90,6 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
             return ("fp32 activations with hedgehog maps at head dim 128: the backward kernels' fp32 dot operands "
                     "need more shared memory than an sm_90 block has (bf16 / fp16 fit)")
     if state is not None:
-        if spec.shared:
-            return "LoLCATs decode / prefill with a state is reference-only"
         if wants_grad:
             return "gradients through a decoding state are reference-only"
         if T == 1:
@@ -98,6 +98,8 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
         else:
             if spec.has_window and bool(state["valid"].any()):
                 return "prefill on top of a non-empty window buffer is reference-only"
+            if spec.shared and bool(state["linear"].any()):
+                return "LoLCATs prefill on top of a non-empty linear state is reference-only"
     return None
 
 
@@ -456,25 +458,89 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
         out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale, *learned)
         return out, None
     if T == 1:
+        if spec.shared:
+            return _decode_lolcats(core, q_raw, k_raw, v, cos, sin, key_valid, scale, state)
         return _decode(core, q_raw, k_raw, v, cos, sin, hidden, key_valid, scale, state)
     # Prefill into a fresh state (checked: empty window buffer, no grad).
+    if spec.shared:
+        return _prefill_lolcats(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, state)
     q, k, vv = _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v)
     s0 = state["linear"] if spec.has_linear else None
     out, _, _, st = _fwd(q, k, vv, cos, sin, valid, spec, scale, _state_params(core, hidden), s0=s0,
                          want_state=spec.has_linear)
-    new_state = {}
-    if spec.has_window:
-        w = spec.window
-        tail = min(w, T)
-        k_tail = _apply_rope(k_raw[:, :, -tail:], cos[:, -tail:] if cos.shape[1] == T else cos,
-                             sin[:, -tail:] if sin.shape[1] == T else sin)
-        valid_new = key_valid.bool() if key_valid is not None else torch.ones(B, T, dtype=torch.bool,
-                                                                               device=v.device)
-        new_state.update(
-            k=torch.cat([state["k"], k_tail.to(state["k"].dtype)], dim=2)[:, :, -w:],
-            v=torch.cat([state["v"], v[:, :, -tail:].to(state["v"].dtype)], dim=2)[:, :, -w:],
-            valid=torch.cat([state["valid"], valid_new[:, -tail:]], dim=1)[:, -w:],
-        )
+    new_state = _window_tail(state, k_raw, v, cos, sin, key_valid, spec.window) if spec.has_window else {}
     if spec.has_linear:
         new_state["linear"] = st
     return out, new_state
+
+
+def _key_valid_or_ones(key_valid, B: int, device) -> torch.Tensor:
+    """The validity of the keys of a prefill (B, T) as bool, all True without a mask."""
+    return key_valid.bool() if key_valid is not None else torch.ones(B, 1, dtype=torch.bool, device=device)
+
+
+def _window_tail(state, k_raw, v, cos, sin, key_valid, w: int) -> dict:
+    """Window buffers after a prefill of T tokens: the last ``w`` rotated keys, values and validities (older
+    buffer contents first when T < w), in the reference's layout."""
+    B, _, T, _ = k_raw.shape
+    tail = min(w, T)
+    k_tail = _apply_rope(k_raw[:, :, -tail:], cos[:, -tail:] if cos.shape[1] == T else cos,
+                         sin[:, -tail:] if sin.shape[1] == T else sin)
+    valid = _key_valid_or_ones(key_valid, B, v.device).expand(B, T)
+    return dict(
+        k=torch.cat([state["k"], k_tail.to(state["k"].dtype)], dim=2)[:, :, -w:],
+        v=torch.cat([state["v"], v[:, :, -tail:].to(state["v"].dtype)], dim=2)[:, :, -w:],
+        valid=torch.cat([state["valid"], valid[:, -tail:]], dim=1)[:, -w:],
+    )
+
+
+def _prefill_lolcats(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, state):
+    """LoLCATs prefill into a fresh state (checked: empty window and linear state, no grad): the fused
+    kernels' output (nothing precedes the prompt), then the state in the reference's layout: the last W
+    keys in the window buffers (their features in ``kfeat``), the older keys summed into the linear state
+    (features x [v, 1])."""
+    out, _ = hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, None, None)
+    B, _, T, _ = k_raw.shape
+    w = core.spec.window
+    valid = _key_valid_or_ones(key_valid, B, v.device).expand(B, T)[:, None, :, None].float()
+    new_state = _window_tail(state, k_raw, v, cos, sin, key_valid, w)
+    tail = min(w, T)
+    kf_tail = core.feature_map_k(k_raw[:, :, -tail:]) * valid[:, :, -tail:]
+    new_state["kfeat"] = torch.cat([state["kfeat"], kf_tail.to(state["kfeat"].dtype)], dim=2)[:, :, -w:]
+    linear = state["linear"]
+    if T > w:
+        old = valid[:, :, : T - w]
+        v_old = v[:, :, : T - w].float()
+        v_old = torch.cat([v_old, torch.ones_like(v_old[..., :1])], dim=-1) * old
+        linear = linear + torch.einsum("bhtf,bhtd->bhfd", core.feature_map_k(k_raw[:, :, : T - w]) * old, v_old)
+    new_state["linear"] = linear
+    return out, new_state
+
+
+def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
+    """One LoLCATs decode step through ``_lolcats_decode``: new state tensors in the reference's layout."""
+    spec = core.spec
+    B, H, _, D = q.shape
+    HKV, DV, W = k.shape[1], v.shape[-1], spec.window
+    step_valid = key_valid[:, -1] if key_valid is not None else torch.ones(B, dtype=torch.bool, device=q.device)
+    wvalid_b = torch.cat([state["valid"][:, 1:], step_valid.bool()[:, None]], dim=1)
+    q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
+    cos, sin, scb, _ = _cos_sin(cos, sin, B, 1, D)
+    o = torch.empty(B, H, 1, DV, device=q.device, dtype=v.dtype)
+    s_old = state["linear"].float().contiguous()
+    kb, vb, fb = state["k"].contiguous(), state["v"].contiguous(), state["kfeat"].float().contiguous()
+    new_state = dict(linear=torch.empty_like(s_old), k=torch.empty_like(kb), v=torch.empty_like(vb),
+                     valid=wvalid_b, kfeat=torch.empty_like(fb))
+    BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
+    # Warps as for a window twice as long: the W x F feature buffer is shifted beside the W x D window.
+    with torch.no_grad():
+        _lolcats_decode[(B * HKV, DV // BV)](
+            q, k, v, cos, sin, step_valid.to(torch.int8).contiguous(), core.feature_map_q.weight,
+            core.feature_map_k.weight, core.window_factor, s_old, new_state["linear"], kb, vb, fb, new_state["k"],
+            new_state["v"], new_state["kfeat"], state["valid"].to(torch.int8).contiguous(),
+            wvalid_b.to(torch.int8).contiguous(), o,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb, o.stride(0),
+            o.stride(1), HKV, float(scale),
+            G=H // HKV, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, num_warps=_decode_warps(2 * W, D),
+        )
+    return o, new_state

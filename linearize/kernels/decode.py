@@ -165,3 +165,86 @@ def _hybrid_decode(
                 mw = mix_win
             acc += mw * accw / tl.where(den == 0.0, 1.0, den)
         tl.store(o_ptr + b * stride_ob + h * stride_oh + vcols, (acc * valf).to(o_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _lolcats_decode(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr, wq_ptr, wk_ptr, wf_ptr,
+    s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, fbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, fbuf_new_ptr,
+    wvalid_old_ptr, wvalid_new_ptr, o_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb, stride_ob, stride_oh,
+    HKV, scale,
+    G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, W: tl.constexpr,
+):
+    """LoLCATs step (``mix: shared``): the key leaving the window (its hedgehog features kept in the
+    feature buffer, its value in the window buffer) joins the linear state S (F x (Dv + 1), the last
+    column the normaliser), the new key's features join the feature buffer and its rotated key / value
+    the window; each query head then takes
+    ``(gamma * sum_w p_w v_w + phi(q) S_num) / (gamma * sum_w p_w + phi(q) S_den)`` with
+    ``p_w = exp(q.k_w * scale - max)`` over the valid window and ``gamma = sigmoid(window_factor)``.
+    Same program grid as ``_hybrid_decode``."""
+    pid = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = (pid // HKV).to(tl.int64)
+    hk = (pid % HKV).to(tl.int64)
+    cols = tl.arange(0, D)
+    vcols = pid_v * BV + tl.arange(0, BV)
+    wrows = tl.arange(0, W)
+    last = (wrows == W - 1)[:, None]
+    F: tl.constexpr = 2 * D
+    SW: tl.constexpr = DV + 1
+    valf = (tl.load(step_valid_ptr + b) != 0).to(tl.float32)
+    kp = k_ptr + b * stride_kb + hk * stride_kh
+    vnew = tl.load(v_ptr + b * stride_vb + hk * stride_vh + vcols).to(tl.float32)
+    cp = cos_ptr + b * stride_cb
+    sp = sin_ptr + b * stride_cb
+    buf = (b * HKV + hk) * W * D
+    fbuf = (b * HKV + hk) * W * F
+    # The oldest window slot leaves: its features and value join the linear state.
+    ev = (tl.load(wvalid_old_ptr + b * W) != 0).to(tl.float32)
+    fa0 = tl.load(fbuf_ptr + fbuf + cols) * ev
+    fb0 = tl.load(fbuf_ptr + fbuf + D + cols) * ev
+    v0 = tl.load(vbuf_ptr + buf + vcols).to(tl.float32)
+    rows_a = (b * HKV + hk) * F * SW + cols * SW
+    rows_b = rows_a + D * SW
+    Sa = tl.load(s_ptr + rows_a[:, None] + vcols[None, :]) + fa0[:, None] * v0[None, :]
+    Sb = tl.load(s_ptr + rows_b[:, None] + vcols[None, :]) + fb0[:, None] * v0[None, :]
+    za = tl.load(s_ptr + rows_a + DV) + fa0
+    zb = tl.load(s_ptr + rows_b + DV) + fb0
+    tl.store(s_new_ptr + rows_a[:, None] + vcols[None, :], Sa)
+    tl.store(s_new_ptr + rows_b[:, None] + vcols[None, :], Sb)
+    shifted = buf + (wrows[:, None] + 1) * D
+    kr = _rope_vec(kp, cp, sp, cols, D)
+    kwin = tl.load(kbuf_ptr + shifted + cols[None, :], mask=~last, other=0.0).to(tl.float32)
+    kwin = tl.where(last, kr[None, :], kwin)
+    vwin = tl.load(vbuf_ptr + shifted + vcols[None, :], mask=~last, other=0.0).to(tl.float32)
+    vwin = tl.where(last, vnew[None, :], vwin)
+    tl.store(vbuf_new_ptr + buf + wrows[:, None] * D + vcols[None, :], vwin.to(vbuf_new_ptr.dtype.element_ty))
+    if pid_v == 0:
+        tl.store(s_new_ptr + rows_a + DV, za)
+        tl.store(s_new_ptr + rows_b + DV, zb)
+        tl.store(kbuf_new_ptr + buf + wrows[:, None] * D + cols[None, :], kwin.to(kbuf_new_ptr.dtype.element_ty))
+        kfa, kfb = _features(kp, wk_ptr, hk, cols, D, BD, 1)
+        fshift = fbuf + (wrows[:, None] + 1) * F + cols[None, :]
+        fa = tl.where(last, (kfa * valf)[None, :], tl.load(fbuf_ptr + fshift, mask=~last, other=0.0))
+        fb = tl.where(last, (kfb * valf)[None, :], tl.load(fbuf_ptr + fshift + D, mask=~last, other=0.0))
+        fnew = fbuf + wrows[:, None] * F + cols[None, :]
+        tl.store(fbuf_new_ptr + fnew, fa)
+        tl.store(fbuf_new_ptr + fnew + D, fb)
+    wvalid = tl.load(wvalid_new_ptr + b * W + wrows) != 0
+    for j in range(0, G):
+        h = hk * G + j
+        qp = q_ptr + b * stride_qb + h * stride_qh
+        qfa, qfb = _features(qp, wq_ptr, h, cols, D, BD, 1)
+        num = tl.sum(qfa[:, None] * Sa, 0) + tl.sum(qfb[:, None] * Sb, 0)
+        den = tl.sum(qfa * za, 0) + tl.sum(qfb * zb, 0)
+        qr = _rope_vec(qp, cp, sp, cols, D)
+        sc = tl.where(wvalid, tl.sum(kwin * qr[None, :], 1) * scale, float("-inf"))
+        m = tl.max(sc, 0)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        p = tl.exp(sc - m)
+        gamma = 1.0 / (1.0 + tl.exp(-tl.load(wf_ptr + h).to(tl.float32)))
+        num += gamma * tl.sum(p[:, None] * vwin, 0)
+        den += gamma * tl.sum(p, 0)
+        out = tl.where(den == 0.0, 0.0, num / tl.where(den == 0.0, 1.0, den))
+        tl.store(o_ptr + b * stride_ob + h * stride_oh + vcols, (out * valf).to(o_ptr.dtype.element_ty))
