@@ -22,9 +22,10 @@ so the reference and the kernels can alternate.
 
 Everything else runs the PyTorch reference ``core(...)`` explicitly (``kernel_fallback_reason``
 says why): LoLCATs with a window that is no multiple of the chunk length (prefill / training), softcap
-(Gemma 2), prefill on top of a non-empty window buffer (LoLCATs: or linear state), gradients through a state (grad enabled with inputs or
-learned parameters requiring it); on the GPU, hedgehog maps at head dim > 128, and fp32 activations with
-hedgehog maps at head dim 128 when gradients are needed (shared memory of one sm_90 block).
+(Gemma 2), prefill on top of a non-empty window buffer (LoLCATs: or linear state), gradients through a
+state (grad enabled with inputs or learned parameters requiring it); on the GPU, hedgehog maps at head
+dim > 128, and fp32 activations with hedgehog maps at head dim 128 when gradients are needed (shared
+memory of one sm_90 block).
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
 """
 
