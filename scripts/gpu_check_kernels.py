@@ -640,7 +640,8 @@ SWEEP_VARIANTS = {
               ("bwd w4", {"bwd": dict(num_warps=4)}), ("bwd s2", {"bwd": dict(num_stages=2)}),
               ("state BV32 s2", {"state": dict(BV=32, num_stages=2)}),
               ("state BV128 w8 s1", {"state": dict(BV=128, num_warps=8, num_stages=1)}),
-              ("scan BK64", {"scan": dict(BK=64)}), ("BT 128", 128), ("BT 32", 32)],
+              ("scan BK64", {"scan": dict(BK=64)}), ("BT 128", 128), ("BT 32", 32),
+              ("fwd stacked", {"fwd": dict(stack=True)}), ("fwd stacked BV32", {"fwd": dict(stack=True, BV=32)})],
     "lizard": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
                ("bwd w4", {"bwd": dict(num_warps=4)}), ("state BV64", {"state": dict(BV=64)}), ("BT 64", 64)],
 }

@@ -49,7 +49,8 @@ from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
 from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
-KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_bwd_q,
+KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_fwd_stacked,
+                                   _hc._hybrid_bwd_q,
                                    _hc._hybrid_bwd_kv, _lc._lolcats_fwd, _lc._lolcats_bwd_q, _lc._lolcats_bwd_kv,
                                    _decode_mod._hybrid_decode, _decode_mod._lolcats_decode)}
 G, T, HKV = 4, 2048, 8
@@ -155,6 +156,8 @@ def launches(spec, D, dtype=torch.bfloat16):
                     ("_chunk_scan", "bwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 1}, sc_o)]
         else:
             out += [("_chunk_state", "bwd", {**cs, "STATES": True, "WITH_DO": True}, {}, st_o)]
+    if not f.fmap:  # the sweep's alternative forward (G = 4 heads stacked into one tile)
+        out.append(("_hybrid_fwd_stacked", "fwd (stacked)", {**meta, **fw, "NS": f.ns}, {}, fw_o))
     out += [("_hybrid_fwd", "fwd", {**meta, **fw, "NS": f.ns}, {}, fw_o),
             ("_hybrid_bwd_q", "bwd", meta, {}, bw_o),
             ("_hybrid_bwd_kv", "bwd", meta, {}, bw_o)]

@@ -42,7 +42,8 @@ try:
     import triton
 
     from .decode import _hybrid_decode, _lolcats_decode
-    from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
+    from .hybrid_chunked import (_chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd,
+                                 _hybrid_fwd_stacked)
     from .lolcats_chunked import LolcatsAttentionFunction, lolcats_config
 
     HAS_TRITON = True
@@ -258,6 +259,8 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     BT, BC = _block_sizes(f, D, cuda)
     NT = triton.cdiv(T, BT)
     cfg = _launch(f, D, cuda, q.dtype)["fwd"]
+    # ``stack``: the G heads' rows in one tile (softmax maps, G a power of two); a launch choice for the sweep.
+    kernel = _hybrid_fwd_stacked if cfg.pop("stack", False) and not f.fmap and _is_pow2(G) else _hybrid_fwd
     P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
     o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
@@ -266,7 +269,7 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     h = z = st = None
     if f.has_lin:
         (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, BT, P, s0=s0, want_state=want_state)
-    _hybrid_fwd[(NT, B * HKV, DV // cfg["BV"])](
+    kernel[(NT, B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(valid, m), _ptr(P.lg, m), _ptr(P.wq, m), _ptr(P.wk, m), _ptr(P.alpha, m),
         _ptr(P.sinks, m), o, m, den, _ptr(h, m), _ptr(z, m),
         *_strides(q, k, v, o), scb, sct,

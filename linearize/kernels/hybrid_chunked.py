@@ -489,6 +489,131 @@ def _hybrid_fwd(
 
 
 @triton.jit
+def _hybrid_fwd_stacked(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
+    o_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    stride_cb, stride_ct,
+    T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    """``_hybrid_fwd`` with the G query heads of the kv head stacked into one tile of G x BC rows (row r:
+    head r // BC, token r % BC): the key side (features, decays, the rotated window keys, masks) is built
+    once per sub-block for all heads, and every dot has G x BC rows instead of BC. Softmax feature maps only
+    (FMAP = 0; hedgehog's F-wide tiles would not fit), G a power of two. Same arguments and results."""
+    DT: tl.constexpr = q_ptr.dtype.element_ty
+    R: tl.constexpr = G * BC
+    n = tl.program_id(0)
+    pid = tl.program_id(1)
+    pid_v = tl.program_id(2)
+    b = (pid // HKV).to(tl.int64)
+    hk = (pid % HKV).to(tl.int64)
+    rows = tl.arange(0, BC)
+    stack = tl.arange(0, R)
+    head = hk * G + stack // BC
+    tok = stack % BC
+    cols = tl.arange(0, D)
+    fcols = tl.arange(0, F)
+    vcols = pid_v * BV + tl.arange(0, BV)
+    kbase = b * stride_kb + hk * stride_kh
+    vbase = b * stride_vb + hk * stride_vh
+    qbase = (b * stride_qb + head * stride_qh)[:, None]
+    obase = (b * stride_ob + head * stride_oh)[:, None]
+    rbase = (b * HKV * G + head) * T
+    cbase = b * stride_cb
+    causal = tok[:, None] >= rows[None, :]
+    if HAS_LIN:
+        cidx = (b * HKV + hk) * NT + n
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        if NORM:
+            Z = tl.load(z_ptr + cidx * F + fcols)
+    if HAS_WIN:
+        mw = _window_mix(head, alpha_ptr, mix_win, MIXP)
+    for i in range(0, BT // BC):
+        t0 = n * BT + i * BC
+        t = t0 + rows
+        tq = t0 + tok
+        tqin = tq < T
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
+        valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
+        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
+        qraw = _load_rows(q_ptr, qbase, tq, T, stride_qt, cols, 0.0)
+        acc = tl.zeros((R, BV), dtype=tl.float32)
+        if HAS_LIN:
+            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+            kf = _softmax_rows(kraw) * valf[:, None]
+            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+            qf = _softmax_rows(qraw)
+            # The key side's cumulative gates, repeated for the G heads' rows.
+            CW: tl.constexpr = D if GATE == 1 else 1
+            cum_q = tl.reshape(tl.broadcast_to(cum[None, :, :], (G, BC, CW)), (R, CW))
+            qt = qf * tl.exp(cum_q)
+            if GATE == 1:
+                a = tl.dot(qt, tl.trans(kf * tl.exp(-cum)))
+            elif GATE == 2:
+                d = cum_q - tl.reshape(cum, (1, BC))
+                a = _mm(qf, tl.trans(kf), DT) * tl.where(causal, tl.exp(tl.where(causal, d, 0.0)), 0.0)
+            else:
+                a = _mm(qf, tl.trans(kf), DT)
+            a = tl.where(causal, a, 0.0)
+            lin = _mm(a, vv, DT) + _mm(qt, S, DT)
+            if NORM:
+                dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
+            acc += mix_lin * lin
+        if HAS_WIN:
+            qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+            m_i = tl.full((R,), float("-inf"), tl.float32)
+            l_i = tl.zeros((R,), dtype=tl.float32)
+            accw = tl.zeros((R, BV), dtype=tl.float32)
+            lo = tl.maximum(t0 - W + 1, 0) // BC
+            for kb in range(lo, t0 // BC + 1):
+                s_ = kb * BC + rows
+                valid_s = _valid_rows(valid_ptr, b, s_, T, HAS_VALID)
+                kr = _rope_rows(k_ptr, kbase, s_, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+                vs = _load_rows(v_ptr, vbase, s_, T, stride_vt, vcols, 0.0)
+                sc = _mm(qr, tl.trans(kr), DT) * scale
+                ok = (s_[None, :] <= tq[:, None]) & (s_[None, :] > tq[:, None] - W) & valid_s[None, :]
+                sc = tl.where(ok, sc, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(sc, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp(m_i - m_safe)
+                p = tl.exp(sc - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                accw = accw * alpha[:, None] + _mm(p, vs, DT)
+                m_i = m_new
+            m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
+            if NS > 0:
+                sk = tl.load(sinks_ptr + head[:, None] * NS + tl.arange(0, NS)[None, :]).to(tl.float32)
+                m_all = tl.maximum(m_fin, tl.max(sk, 1))
+                r = tl.exp(m_fin - m_all)
+                l_i = l_i * r + tl.sum(tl.exp(sk - m_all[:, None]), 1)
+                accw = accw * r[:, None]
+                m_fin = m_all
+            o_win = accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            if MIXP:
+                acc += mw[:, None] * o_win
+            else:
+                acc += mw * o_win
+            if pid_v == 0:
+                tl.store(m_ptr + rbase + tq, m_fin, mask=tqin)
+                tl.store(den_ptr + rbase + tq, l_i, mask=tqin)
+        acc = acc * valq[:, None]
+        tl.store(o_ptr + obase + tq[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=tqin[:, None])
+        if HAS_LIN and BT // BC > 1:
+            kend = kf * tl.exp(total[None, :] - cum)
+            S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
+            if NORM:
+                Z = Z * tl.exp(total) + tl.sum(kend, 0)
+
+
+@triton.jit
 def _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W: tl.constexpr, DT: tl.constexpr):
     sc = _mm(qr, tl.trans(kr), DT) * scale
     ok = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - W) & valid_s[None, :]
