@@ -52,6 +52,24 @@ def _features(x_ptr, w_ptr, head, cols, D: tl.constexpr, BD: tl.constexpr, FMAP:
 
 
 @triton.jit
+def _shift_window(kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, buf, kr, vnew, pid_v, cols, vcols,
+                  W: tl.constexpr, D: tl.constexpr):
+    """The window buffers one step on (oldest slot out, the rotated key ``kr`` and value ``vnew`` in as the
+    last slot), written to the new buffers (keys by the first value block only) and returned fp32."""
+    wrows = tl.arange(0, W)
+    last = (wrows == W - 1)[:, None]
+    shifted = buf + (wrows[:, None] + 1) * D
+    kwin = tl.load(kbuf_ptr + shifted + cols[None, :], mask=~last, other=0.0).to(tl.float32)
+    kwin = tl.where(last, kr[None, :], kwin)
+    vwin = tl.load(vbuf_ptr + shifted + vcols[None, :], mask=~last, other=0.0).to(tl.float32)
+    vwin = tl.where(last, vnew[None, :], vwin)
+    if pid_v == 0:
+        tl.store(kbuf_new_ptr + buf + wrows[:, None] * D + cols[None, :], kwin.to(kbuf_new_ptr.dtype.element_ty))
+    tl.store(vbuf_new_ptr + buf + wrows[:, None] * D + vcols[None, :], vwin.to(vbuf_new_ptr.dtype.element_ty))
+    return kwin, vwin
+
+
+@triton.jit
 def _hybrid_decode(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
     s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, wvalid_new_ptr, o_ptr,
@@ -116,19 +134,9 @@ def _hybrid_decode(
                 if FMAP == 1:
                     tl.store(s_new_ptr + rows_b + DV, zb)
     if HAS_WIN:
-        wrows = tl.arange(0, W)
-        last = (wrows == W - 1)[:, None]
-        buf = (b * HKV + hk) * W * D
-        shifted = buf + (wrows[:, None] + 1) * D
-        kr = _rope_vec(kp, cp, sp, cols, D)
-        kwin = tl.load(kbuf_ptr + shifted + cols[None, :], mask=~last, other=0.0).to(tl.float32)
-        kwin = tl.where(last, kr[None, :], kwin)
-        vwin = tl.load(vbuf_ptr + shifted + vcols[None, :], mask=~last, other=0.0).to(tl.float32)
-        vwin = tl.where(last, vnew[None, :], vwin)
-        if pid_v == 0:
-            tl.store(kbuf_new_ptr + buf + wrows[:, None] * D + cols[None, :], kwin.to(kbuf_new_ptr.dtype.element_ty))
-        tl.store(vbuf_new_ptr + buf + wrows[:, None] * D + vcols[None, :], vwin.to(vbuf_new_ptr.dtype.element_ty))
-        wvalid = tl.load(wvalid_new_ptr + b * W + wrows) != 0
+        kwin, vwin = _shift_window(kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, (b * HKV + hk) * W * D,
+                                   _rope_vec(kp, cp, sp, cols, D), vnew, pid_v, cols, vcols, W, D)
+        wvalid = tl.load(wvalid_new_ptr + b * W + tl.arange(0, W)) != 0
     for j in range(0, G):
         h = hk * G + j
         qp = q_ptr + b * stride_qb + h * stride_qh
@@ -213,17 +221,11 @@ def _lolcats_decode(
     zb = tl.load(s_ptr + rows_b + DV) + fb0
     tl.store(s_new_ptr + rows_a[:, None] + vcols[None, :], Sa)
     tl.store(s_new_ptr + rows_b[:, None] + vcols[None, :], Sb)
-    shifted = buf + (wrows[:, None] + 1) * D
-    kr = _rope_vec(kp, cp, sp, cols, D)
-    kwin = tl.load(kbuf_ptr + shifted + cols[None, :], mask=~last, other=0.0).to(tl.float32)
-    kwin = tl.where(last, kr[None, :], kwin)
-    vwin = tl.load(vbuf_ptr + shifted + vcols[None, :], mask=~last, other=0.0).to(tl.float32)
-    vwin = tl.where(last, vnew[None, :], vwin)
-    tl.store(vbuf_new_ptr + buf + wrows[:, None] * D + vcols[None, :], vwin.to(vbuf_new_ptr.dtype.element_ty))
+    kwin, vwin = _shift_window(kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, buf, _rope_vec(kp, cp, sp, cols, D),
+                               vnew, pid_v, cols, vcols, W, D)
     if pid_v == 0:
         tl.store(s_new_ptr + rows_a + DV, za)
         tl.store(s_new_ptr + rows_b + DV, zb)
-        tl.store(kbuf_new_ptr + buf + wrows[:, None] * D + cols[None, :], kwin.to(kbuf_new_ptr.dtype.element_ty))
         kfa, kfb = _features(kp, wk_ptr, hk, cols, D, BD, 1)
         fshift = fbuf + (wrows[:, None] + 1) * F + cols[None, :]
         fa = tl.where(last, (kfa * valf)[None, :], tl.load(fbuf_ptr + fshift, mask=~last, other=0.0))

@@ -380,6 +380,35 @@ def _window_mix(h, alpha_ptr, mix_win, MIXP: tl.constexpr):
 
 
 @triton.jit
+def _window_online(qr, tq, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase, vbase, cbase, T,
+                   stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale, R: tl.constexpr, BV: tl.constexpr,
+                   BC: tl.constexpr, W: tl.constexpr, D: tl.constexpr, HAS_VALID: tl.constexpr, DT: tl.constexpr):
+    """Online softmax of the rotated query rows ``qr`` (R rows, tokens ``tq`` in the sub-block starting at
+    ``t0``) over the keys of their window, in blocks of BC keys: unnormalised output (R, BV), denominator and
+    row max (0 for a row that sees no key)."""
+    m_i = tl.full((R,), float("-inf"), tl.float32)
+    l_i = tl.zeros((R,), dtype=tl.float32)
+    accw = tl.zeros((R, BV), dtype=tl.float32)
+    lo = tl.maximum(t0 - W + 1, 0) // BC
+    for kb in range(lo, t0 // BC + 1):
+        s = kb * BC + rows
+        valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+        kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+        vs = _load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)
+        sc = _mm(qr, tl.trans(kr), DT) * scale
+        ok = (s[None, :] <= tq[:, None]) & (s[None, :] > tq[:, None] - W) & valid_s[None, :]
+        sc = tl.where(ok, sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(sc - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        accw = accw * alpha[:, None] + _mm(p, vs, DT)
+        m_i = m_new
+    return accw, l_i, tl.where(m_i == float("-inf"), 0.0, m_i)
+
+
+@triton.jit
 def _hybrid_fwd(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
     o_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
@@ -444,26 +473,9 @@ def _hybrid_fwd(
             if HAS_WIN:
                 mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
                 qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                m_i = tl.full((BC,), float("-inf"), tl.float32)
-                l_i = tl.zeros((BC,), dtype=tl.float32)
-                accw = tl.zeros((BC, BV), dtype=tl.float32)
-                lo = tl.maximum(t0 - W + 1, 0) // BC
-                for kb in range(lo, t0 // BC + 1):
-                    s = kb * BC + rows
-                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                    kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                    vs = _load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)
-                    sc = _mm(qr, tl.trans(kr), DT) * scale
-                    ok = (s[None, :] <= t[:, None]) & (s[None, :] > t[:, None] - W) & valid_s[None, :]
-                    sc = tl.where(ok, sc, float("-inf"))
-                    m_new = tl.maximum(m_i, tl.max(sc, 1))
-                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                    alpha = tl.exp(m_i - m_safe)
-                    p = tl.exp(sc - m_safe[:, None])
-                    l_i = l_i * alpha + tl.sum(p, 1)
-                    accw = accw * alpha[:, None] + _mm(p, vs, DT)
-                    m_i = m_new
-                m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
+                accw, l_i, m_fin = _window_online(qr, t, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase,
+                                                  vbase, cbase, T, stride_kt, stride_vt, stride_ct, rows, cols,
+                                                  vcols, scale, BC, BV, BC, W, D, HAS_VALID, DT)
                 if NS > 0:
                     # Sink logits join the denominator only (rescaled to the common maximum).
                     sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
@@ -568,26 +580,9 @@ def _hybrid_fwd_stacked(
             acc += mix_lin * lin
         if HAS_WIN:
             qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-            m_i = tl.full((R,), float("-inf"), tl.float32)
-            l_i = tl.zeros((R,), dtype=tl.float32)
-            accw = tl.zeros((R, BV), dtype=tl.float32)
-            lo = tl.maximum(t0 - W + 1, 0) // BC
-            for kb in range(lo, t0 // BC + 1):
-                s_ = kb * BC + rows
-                valid_s = _valid_rows(valid_ptr, b, s_, T, HAS_VALID)
-                kr = _rope_rows(k_ptr, kbase, s_, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                vs = _load_rows(v_ptr, vbase, s_, T, stride_vt, vcols, 0.0)
-                sc = _mm(qr, tl.trans(kr), DT) * scale
-                ok = (s_[None, :] <= tq[:, None]) & (s_[None, :] > tq[:, None] - W) & valid_s[None, :]
-                sc = tl.where(ok, sc, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(sc, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp(m_i - m_safe)
-                p = tl.exp(sc - m_safe[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                accw = accw * alpha[:, None] + _mm(p, vs, DT)
-                m_i = m_new
-            m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
+            accw, l_i, m_fin = _window_online(qr, tq, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase, vbase,
+                                              cbase, T, stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale,
+                                              R, BV, BC, W, D, HAS_VALID, DT)
             if NS > 0:
                 sk = tl.load(sinks_ptr + head[:, None] * NS + tl.arange(0, NS)[None, :]).to(tl.float32)
                 m_all = tl.maximum(m_fin, tl.max(sk, 1))
