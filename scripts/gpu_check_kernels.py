@@ -18,8 +18,8 @@
     elementwise ops, as in /work/shared/anchor_bench/gpu_liger_layer_bench.py), timed last (autotune).
     H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k}.
 Every case runs in its own try; a wall-clock budget (--budget-s) skips what is left and still prints
-the tables, so the call ends inside the device's limit. Compiling dominates a cold run (H100: ~6 min for
-the checks, decode and one length in one process), so by default 8 worker processes first run the checks
+the tables, so the call ends inside the device's limit. A cold run took ~6 min on the H100 for the checks,
+decode and one length in one process, likely mostly compiling (not timed separately), so by default 8 worker processes first run the checks
 and compile every kernel the timed sections will launch, in parallel; the timed sections then load them
 from Triton's on-disk cache (--jobs 1: all in this process).
 
