@@ -633,17 +633,16 @@ for name, fn in LAYERS if "profile" in RUN and not WORKER else []:
 # ----------------------------------------------------------------------------- (e) launch-config sweep
 import linearize.kernels as LK  # noqa: E402
 
-BASE_LAUNCH, BASE_BLOCKS = LK._launch, LK._block_sizes
+BASE_LAUNCH, BASE_CHUNK = LK._launch, LK.CHUNK_LEN
 SWEEP_VARIANTS = {
-    "liger": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
+    "liger": [("fwd BV64", {"fwd": dict(BV=64)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
               ("fwd s2", {"fwd": dict(num_stages=2)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
               ("bwd w4", {"bwd": dict(num_warps=4)}), ("bwd s2", {"bwd": dict(num_stages=2)}),
-              ("state BV32 s2", {"state": dict(BV=32, num_stages=2)}),
+              ("state BV64 s2", {"state": dict(BV=64, num_stages=2)}),
               ("state BV128 w8 s1", {"state": dict(BV=128, num_warps=8, num_stages=1)}),
-              ("scan BK64", {"scan": dict(BK=64)}), ("BT 128", 128), ("BT 32", 32),
-              ("fwd stacked", {"fwd": dict(stack=True)}), ("fwd stacked BV32", {"fwd": dict(stack=True, BV=32)})],
+              ("scan BK64", {"scan": dict(BK=64)}), ("BT 64", 64)],
     "lizard": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
-               ("bwd w4", {"bwd": dict(num_warps=4)}), ("state BV64", {"state": dict(BV=64)}), ("BT 64", 64)],
+               ("bwd w4", {"bwd": dict(num_warps=4)}), ("state BV64", {"state": dict(BV=64)})],
 }
 
 
@@ -656,13 +655,7 @@ def with_launch(change):
             cfg[key] = {**cfg[key], **upd}
         return cfg
 
-    def blocks(f, D, cuda):
-        BT, BC = BASE_BLOCKS(f, D, cuda)
-        if isinstance(change, int):
-            return change, (BC if BC != BT else change)
-        return BT, BC
-
-    LK._launch, LK._block_sizes = launch, blocks
+    LK._launch, LK.CHUNK_LEN = launch, (change if isinstance(change, int) else BASE_CHUNK)
 
 
 if WORKER is not None:
@@ -675,7 +668,7 @@ if WORKER is not None:
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
                 finally:
-                    LK._launch, LK._block_sizes = BASE_LAUNCH, BASE_BLOCKS
+                    LK._launch, LK.CHUNK_LEN = BASE_LAUNCH, BASE_CHUNK
     sys.exit(0)
 
 SWEEP = []
@@ -705,7 +698,7 @@ for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN els
         except Exception as e:  # noqa: BLE001
             row = {"core": cname, "variant": label, "error": repr(e)[:160]}
         finally:
-            LK._launch, LK._block_sizes = BASE_LAUNCH, BASE_BLOCKS
+            LK._launch, LK.CHUNK_LEN = BASE_LAUNCH, BASE_CHUNK
         SWEEP.append(row)
         print(row, flush=True)
 

@@ -2,7 +2,7 @@
 
 Each kernel is compiled by Triton for a CUDA target (default sm_90: H100 / H200) through a stub driver,
 at the launch configs the launchers use: block sizes, num_warps and num_stages come from
-``_block_sizes`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
+``CHUNK_LEN`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
 (``lolcats_chunked.py``), imported, not copied; the decode kernel's BV / BD are restated here. Variants:
 the attention of the shipped recipes, head dims 64 and 128, G = 4 query heads per kv head, padding mask
 on. ptxas (bundled with Triton) reports registers, stack frame and spills; shared memory is Triton's
@@ -42,15 +42,14 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from linearize.kernels import _block_sizes, _decode_warps, _flags, _launch, _meta  # noqa: E402
+from linearize.kernels import CHUNK_LEN, _decode_warps, _flags, _launch, _meta  # noqa: E402
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
 from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
-KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_fwd_stacked,
-                                   _hc._hybrid_bwd_q,
+KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybrid_fwd, _hc._hybrid_bwd_q,
                                    _hc._hybrid_bwd_kv, _lc._lolcats_fwd, _lc._lolcats_bwd_q, _lc._lolcats_bwd_kv,
                                    _decode_mod._hybrid_decode, _decode_mod._lolcats_decode)}
 G, T, HKV = 4, 2048, 8
@@ -117,7 +116,7 @@ def _opts(o):
 
 def launches(spec, D, dtype=torch.bfloat16):
     """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D, with the
-    block sizes, num_warps and num_stages the launchers take from ``_block_sizes`` / ``_launch`` /
+    block sizes, num_warps and num_stages the launchers take from ``CHUNK_LEN`` / ``_launch`` /
     ``lolcats_config`` (imported, not copied)."""
     out = []
     if spec.shared:
@@ -139,12 +138,12 @@ def launches(spec, D, dtype=torch.bfloat16):
                  {"num_warps": _decode_warps(2 * spec.window, D)})]
         return out
     f = _flags(spec)
-    BT, BC = _block_sizes(f, D, True)
+    BT = CHUNK_LEN
     cfg = _launch(f, D, True, dtype)
     (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
     F = 2 * D if f.fmap else D
     W = int(spec.window) if f.has_win else 1
-    meta = _meta(f, G, D, D, BT, BC, W, True)
+    meta = _meta(f, G, D, D, BT, W, True)
     if f.has_lin:
         cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=True, **st)
         scan = dict(D=D, F=F, DV=D, GATE=f.gate, NORM=f.norm, **sc)
@@ -156,8 +155,6 @@ def launches(spec, D, dtype=torch.bfloat16):
                     ("_chunk_scan", "bwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 1}, sc_o)]
         else:
             out += [("_chunk_state", "bwd", {**cs, "STATES": True, "WITH_DO": True}, {}, st_o)]
-    if not f.fmap:  # the sweep's alternative forward (G = 4 heads stacked into one tile)
-        out.append(("_hybrid_fwd_stacked", "fwd (stacked)", {**meta, **fw, "NS": f.ns}, {}, fw_o))
     out += [("_hybrid_fwd", "fwd", {**meta, **fw, "NS": f.ns}, {}, fw_o),
             ("_hybrid_bwd_q", "bwd", meta, {}, bw_o),
             ("_hybrid_bwd_kv", "bwd", meta, {}, bw_o)]
@@ -226,7 +223,7 @@ def main():
             for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
                 key = (name, D, tuple(sorted(opts.items())), tuple(sorted(constexprs.items())),
                        tuple(sorted(ints.items())))
-                blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BC", "BV", "BK") if b in constexprs)
+                blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BV", "BK") if b in constexprs)
                 row = jobs.setdefault(key, {"kernel": name, "D": D, "num_warps": opts["num_warps"],
                                             "num_stages": opts.get("num_stages", 3), "blocks": blocks,
                                             "variants": [], "passes": [],

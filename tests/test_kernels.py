@@ -263,6 +263,30 @@ def test_lizard_fp16():
         assert torch.isfinite(g).all() and _rel(g, rg) <= 1e-2, (n, _rel(g, rg))
 
 
+@pytest.mark.parametrize("name", ["liger", "lizard"])
+def test_bf16_within_bf16_error_of_fp32_reference(name):
+    """bf16, the GPU training dtype: the interpreter's bf16 ``tl.dot`` is emulated (operands rounded to bf16,
+    fp32 products), and its bf16 elementwise arithmetic is unusable (NaN), so this also pins that every tile
+    held in bf16 is upcast before elementwise fp32 math. Within 3e-2 of the fp32 reference (at this size the
+    reference's own error in bf16 is 1-2e-2: ``gpu_check_kernels.py --smoke``)."""
+    spec, H, HKV = (AttentionSpec(), 4, 2) if name == "liger" else (LIZARD, 4, 2)
+    core = _learned_core(spec, H, HKV, 32)
+    B, T, D = 2, 96, 32
+    q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True, dtype=torch.bfloat16)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    names, params = zip(*core.named_parameters()) if name == "lizard" else ((), ())
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden.float(), 0.125, key_valid, None, None)
+    assert out.dtype == torch.bfloat16
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    grads = torch.autograd.grad(out, leaves + list(params), do)
+    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
+    ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
+    assert _rel(out, ref) <= 2e-2
+    for n, g, rg in zip(["q", "k", "v"] + list(names), grads, ref_grads):
+        assert torch.isfinite(g).all() and _rel(g, rg) <= 3e-2, (n, _rel(g, rg))
+
+
 def test_learned_gate_gradient_over_many_chunks_fp16():
     """The learned gate's gradient sums, for each token, every (query, key) pair whose decay spans it. Summing
     per-token terms over the whole sequence cancels large state terms and loses the result to rounding (on an
@@ -307,37 +331,3 @@ def test_normalised_fp16_gradients_stay_in_range_when_features_barely_meet():
     ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
     for n, g, rg in zip(["q", "k", "v"] + list(names), grads, ref_grads):
         assert torch.isfinite(g).all() and _rel(g, rg) <= 1e-2, (n, _rel(g, rg))
-
-
-STACKED_CASES = [  # (spec, T, D, H, HKV): G = 4 and 2 stacked, G = 1 trivially
-    (AttentionSpec(window=64), 100, 64, 8, 2),                                        # Liger-GLA, G 4
-    (AttentionSpec(branches="linear", gate="learned", normalize=True), 70, 32, 4, 2),  # learned gate, G 2
-    (AttentionSpec(branches="window", window=32, num_sinks=4), 64, 32, 4, 1),          # SWA + sinks, G 4
-    (AttentionSpec(window=64, mix="learned"), 40, 128, 2, 2),                          # learned alpha, G 1
-]
-
-
-@pytest.mark.parametrize("spec,T,D,H,HKV", STACKED_CASES, ids=["liger_g4", "gla_learned_norm_g2", "swa_sinks_g4",
-                                                                "learned_mix_g1"])
-def test_stacked_forward_matches(monkeypatch, spec, T, D, H, HKV):
-    """The forward with the G heads' rows stacked in one tile (``stack``, a launch choice the GPU sweep
-    times) gives the reference's outputs (and so the same backward)."""
-    import linearize.kernels as kernels
-
-    base = kernels._launch
-
-    def stacked(*args, **kwargs):
-        cfg = base(*args, **kwargs)
-        cfg["fwd"] = {**cfg["fwd"], "stack": True}
-        return cfg
-
-    core = _learned_core(spec, H, HKV, D)
-    q, k, v, hidden, cos, sin, key_valid = _inputs(2, H, HKV, T, D, True)
-    leaves = [x.requires_grad_() for x in (q, k, v)]
-    monkeypatch.setattr(kernels, "_launch", stacked)
-    out, _ = hybrid_attention_kernel(core, *leaves, cos, sin, hidden, 1 / math.sqrt(D), key_valid, None, None)
-    ref, _ = _reference(core, *leaves, cos, sin, hidden, 1 / math.sqrt(D), key_valid)
-    assert _rel(out, ref) <= 1e-4
-    do = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
-    for g, rg in zip(torch.autograd.grad(out, leaves, do), torch.autograd.grad(ref, leaves, do)):
-        assert _rel(g, rg) <= 1e-4

@@ -42,8 +42,7 @@ try:
     import triton
 
     from .decode import _hybrid_decode, _lolcats_decode
-    from .hybrid_chunked import (_chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd,
-                                 _hybrid_fwd_stacked)
+    from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
     from .lolcats_chunked import LolcatsAttentionFunction, lolcats_config
 
     HAS_TRITON = True
@@ -127,16 +126,11 @@ def _flags(spec) -> _Flags:
                   0.5 if (hybrid and not mixp) else 1.0, 0.5 if hybrid else 1.0)
 
 
-def _block_sizes(f: _Flags, D: int, device_is_cuda: bool) -> tuple[int, int]:
-    """(BT, BC): chunk of the chunk-level states and sub-block of the in-chunk walk.
-
-    Key gate: BC = 16 bounds the factorised in-block exponent (see hybrid_chunked); otherwise BC = BT
-    (exact C x C decay matrix, no state update inside a chunk). Hedgehog maps (F = 2D): BT = 32, so that
-    the BT x F feature tiles and their gradients fit one program's registers and shared memory (sm_90; at
-    D = 64 BT = 64 fits but spills ~2 kB per thread in the backward, at D = 128 it does not fit). The
-    interpreter uses BT = 32 so that short test sequences still cross several chunk boundaries."""
-    BT = 64 if device_is_cuda and not f.fmap else 32
-    return BT, (16 if f.gate == 1 else BT)
+# BT: the chunk of the chunk-level states and the row count of every tile of the training / prefill kernels.
+# 32 keeps each program's tiles in registers at head dim 128 (sm_90, scripts/kernel_registers.py): with 64 rows
+# the forward spills ~0.9 kB and the backward 2-4 kB per thread for the softmax maps, and the hedgehog maps'
+# BT x 2D feature tiles do not fit at all. (The GPU sweep in scripts/gpu_check_kernels.py times other values.)
+CHUNK_LEN = 32
 
 
 def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict]:
@@ -147,17 +141,20 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
     exactly these: the F x BV fp32 accumulator of ``_chunk_state`` bounds its BV; hedgehog maps (F = 2D)
     take 8 warps and no software pipelining (its multi-buffered loads of the per-head W and of the window
     blocks do not fit beside the F-wide tiles), as do head dim 128 and fp32 activations (whose dot operands
-    are fp32); 8 warps in the forward with a window branch, hedgehog maps or D = 128. The interpreter takes
-    whole value blocks."""
+    are fp32); 8 warps in the forward with a window branch, hedgehog maps or D = 128. The forward takes all
+    value columns in one program with softmax maps (the window scores and the in-chunk attention are then
+    computed once per head; 212 registers at D = 128, no spills), 64 with hedgehog maps (which spill at 128).
+    The interpreter takes whole value blocks."""
     F = 2 * D if f.fmap else D
     if not device_is_cuda:
         return dict(state=dict(BV=D, num_warps=4), scan=dict(BK=F, num_warps=4), fwd=dict(BV=D, num_warps=4),
                     bwd=dict(num_warps=8))
     stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
     return dict(
-        state=dict(BV=min(D, 64 if F <= 64 else 32), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
+        state=dict(BV=min(D, 32 if f.fmap else 64), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
         scan=dict(BK=min(F, 32), num_warps=4),
-        fwd=dict(BV=min(D, 64), num_warps=8 if (f.has_win or f.fmap or D >= 128) else 4, num_stages=stages),
+        fwd=dict(BV=min(D, 64) if f.fmap else D, num_warps=8 if (f.has_win or f.fmap or D >= 128) else 4,
+                 num_stages=stages),
         bwd=dict(num_warps=8, num_stages=stages),
     )
 
@@ -184,8 +181,8 @@ def _strides(*tensors):
     return out
 
 
-def _meta(f: _Flags, G, D, DV, BT, BC, W, has_valid):
-    return dict(G=G, D=D, F=2 * D if f.fmap else D, DV=DV, BT=BT, BC=BC, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
+def _meta(f: _Flags, G, D, DV, BT, W, has_valid):
+    return dict(G=G, D=D, F=2 * D if f.fmap else D, DV=DV, BT=BT, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
                 GATE=f.gate, FMAP=f.fmap, NORM=f.norm, MIXP=f.mixp, HAS_VALID=has_valid)
 
 
@@ -256,11 +253,9 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     DV = v.shape[-1]
     f = _flags(spec)
     cuda = q.is_cuda and not INTERPRET
-    BT, BC = _block_sizes(f, D, cuda)
+    BT = CHUNK_LEN
     NT = triton.cdiv(T, BT)
     cfg = _launch(f, D, cuda, q.dtype)["fwd"]
-    # ``stack``: the G heads' rows in one tile (softmax maps, G a power of two); a launch choice for the sweep.
-    kernel = _hybrid_fwd_stacked if cfg.pop("stack", False) and not f.fmap and _is_pow2(G) else _hybrid_fwd
     P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
     o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
@@ -269,12 +264,12 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     h = z = st = None
     if f.has_lin:
         (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, BT, P, s0=s0, want_state=want_state)
-    kernel[(NT, B * HKV, DV // cfg["BV"])](
+    _hybrid_fwd[(NT, B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(valid, m), _ptr(P.lg, m), _ptr(P.wq, m), _ptr(P.wk, m), _ptr(P.alpha, m),
         _ptr(P.sinks, m), o, m, den, _ptr(h, m), _ptr(z, m),
         *_strides(q, k, v, o), scb, sct,
         T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
-        NS=f.ns, **_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None), **cfg,
+        NS=f.ns, **_meta(f, G, D, DV, BT, int(spec.window) if f.has_win else 1, valid is not None), **cfg,
     )
     return o, m, den, st
 
@@ -304,7 +299,7 @@ class HybridAttentionFunction(torch.autograd.Function):
         f = _flags(spec)
         F = 2 * D if f.fmap else D
         cuda = q.is_cuda and not INTERPRET
-        BT, BC = _block_sizes(f, D, cuda)
+        BT = CHUNK_LEN
         NT = triton.cdiv(T, BT)
         cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
         dev = q.device
@@ -334,7 +329,7 @@ class HybridAttentionFunction(torch.autograd.Function):
             *_strides(q, k, v, do), scb, sct,
             T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         )
-        meta = dict(**_meta(f, G, D, DV, BT, BC, int(spec.window) if f.has_win else 1, valid is not None),
+        meta = dict(**_meta(f, G, D, DV, BT, int(spec.window) if f.has_win else 1, valid is not None),
                     **_launch(f, D, cuda, q.dtype)["bwd"])
         ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(PK.lg, dummy), _ptr(PK.wq, dummy), _ptr(PK.wk, dummy),
                _ptr(PK.alpha, dummy))

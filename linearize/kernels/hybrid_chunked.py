@@ -22,15 +22,16 @@ its start state), ``_chunk_scan`` (forward for states, backward for state gradie
 ``_hybrid_bwd_q`` (dq, delta, gate term) and ``_hybrid_bwd_kv`` (dk, dv, gate gradient), both parallel
 over chunks.
 
-Numerics: inside a chunk the linear branch runs over sub-blocks of BC tokens with the factorisation
-``exp(B_t) * exp(-B_s)`` relative to the sub-block start, so the largest exponent is ``BC * max|g|``;
-BC = 16 for the key gate keeps it far from fp32 overflow (``|k_raw|`` would have to average > 80 over
-16 tokens). Chunk-level summaries only use exponents <= 0.
+Every tile has the BT rows of one chunk: the in-chunk attention is one BT x BT matrix, and the window
+branch walks its keys in blocks of BT. Numerics: with a per-head gate (or none) the in-chunk decay
+``exp(b_t - b_s)`` is exact. The key gate's decay differs per key dimension, so it is factorised, per
+sub-block of SUB = 16 query rows, at the sub-block's first row r: ``exp(b_t - b_r) * exp(b_r - b_s)``
+(``_key_sub``). The largest exponent is ``SUB * max|g|``: fp32 overflow would need ``|k_raw|`` to average
+> 80 over 16 tokens. Chunk-level summaries only use exponents <= 0.
 ``tl.dot`` takes its operands in the input dtype (``_mm``: bf16 / fp16 tensor cores and half the staged
 shared memory of fp32; fp32 inputs keep fp32 dots) and accumulates in fp32; states, decays, softmax
-statistics and accumulators stay fp32. The key gate's factorised terms ``exp(-B_s)`` (up to
-``e^(BC max|g|)``, beyond fp16's range from ``e^11`` on) keep fp32 dots. A per-head gate or none uses
-BC = BT: no state update inside a chunk.
+statistics and accumulators stay fp32. The key gate's factorised terms (beyond fp16's range from
+``e^11`` on) take fp32 dots with fp16 inputs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import triton.language as tl
 # The interpreter's tl.dot on bf16 operands is wrong (numpy has no bf16); there the operands are rounded
 # to bf16 and multiplied in fp32 instead, which gives the same numbers.
 _EMULATE_BF16_DOT = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+# Sub-block of the key gate's factorised in-chunk decay (``_key_sub``): bounds its largest exponent.
+SUB = tl.constexpr(16)
 
 
 @triton.jit
@@ -58,7 +61,7 @@ def _mm(a, b, DT: tl.constexpr):
 @triton.jit
 def _pow2_scale(x):
     """The power of two at or above max |x| (1e-30 floor): dividing by it keeps every entry in [-1, 1]."""
-    return tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-30))))
+    return tl.exp2(tl.ceil(tl.log2(tl.maximum(tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0), 1e-30))))
 
 
 @triton.jit
@@ -151,18 +154,18 @@ def _rope_grad(dx, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT: tl.conste
 
 
 @triton.jit
-def _fmap(x, w_ptr, head, cols, BC: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr, DT: tl.constexpr):
-    """Feature map of raw rows (BC, D) -> (BC, F): softmax (F = D) or hedgehog [softmax(xW), softmax(-xW)]."""
+def _fmap(x, w_ptr, head, cols, R: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr, DT: tl.constexpr):
+    """Feature map of raw rows (R, D) -> (R, F): softmax (F = D) or hedgehog [softmax(xW), softmax(-xW)]."""
     if FMAP == 1:
         w = tl.load(w_ptr + head * D * D + cols[:, None] * D + cols[None, :]).to(tl.float32)
         p = _mm(x, w, DT)
-        return tl.reshape(tl.permute(tl.join(_softmax_rows(p), _softmax_rows(-p)), (0, 2, 1)), (BC, 2 * D))
+        return tl.reshape(tl.permute(tl.join(_softmax_rows(p), _softmax_rows(-p)), (0, 2, 1)), (R, 2 * D))
     else:
         return _softmax_rows(x)
 
 
 @triton.jit
-def _fmap_bwd(x, dphi, w_ptr, dw_ptr, head, cols, BC: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr,
+def _fmap_bwd(x, dphi, w_ptr, dw_ptr, head, cols, R: tl.constexpr, D: tl.constexpr, FMAP: tl.constexpr,
               DT: tl.constexpr):
     """dx from dphi; hedgehog also adds x^T dproj to dw (fp32, atomic: one partial per program)."""
     if FMAP == 1:
@@ -171,7 +174,7 @@ def _fmap_bwd(x, dphi, w_ptr, dw_ptr, head, cols, BC: tl.constexpr, D: tl.conste
         p = _mm(x, w, DT)
         a = _softmax_rows(p)
         c = _softmax_rows(-p)
-        da, dc = tl.split(tl.permute(tl.reshape(dphi, (BC, 2, D)), (0, 2, 1)))
+        da, dc = tl.split(tl.permute(tl.reshape(dphi, (R, 2, D)), (0, 2, 1)))
         dp = a * (da - tl.sum(a * da, 1)[:, None]) - c * (dc - tl.sum(c * dc, 1)[:, None])
         tl.atomic_add(dw_ptr + widx, _mm(tl.trans(x), dp, DT))
         return _mm(dp, tl.trans(w), DT)
@@ -182,10 +185,10 @@ def _fmap_bwd(x, dphi, w_ptr, dw_ptr, head, cols, BC: tl.constexpr, D: tl.conste
 
 @triton.jit
 def _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE: tl.constexpr):
-    """In-block cumulative masked log-gates and the block total: (BC, D) and (D,) for the key gate,
-    (BC, 1) and (1,) for a per-head gate or none.
+    """In-chunk cumulative masked log-gates and the chunk total: (BT, D) and (D,) for the key gate,
+    (BT, 1) and (1,) for a per-head gate or none.
 
-    The per-head gate is summed as a 1-D vector: ``tl.cumsum`` over a (BC, 1) tensor whose result
+    The per-head gate is summed as a 1-D vector: ``tl.cumsum`` over a (BT, 1) tensor whose result
     meets a ``tl.dot`` layout does not compile with Triton 3.6 (triton-lang/triton#7817)."""
     if GATE == 1:
         g = _logsigmoid(kraw) / gate_scale * valf[:, None]
@@ -199,42 +202,79 @@ def _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE: tl.constexpr):
 
 
 @triton.jit
-def _decay(cum, mask, BC: tl.constexpr):
-    """exp(b_t - b_s) for a per-head gate (cum (BC, 1)), masked to 0 outside ``mask``."""
-    d = cum - tl.reshape(cum, (1, BC))
+def _decay(cum, mask, R: tl.constexpr):
+    """exp(b_t - b_s) for a per-head gate (cum (R, 1)), masked to 0 outside ``mask``."""
+    d = cum - tl.reshape(cum, (1, R))
     return tl.where(mask, tl.exp(tl.where(mask, d, 0.0)), 0.0)
 
 
 @triton.jit
-def _intra(qf, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
-    """A_ts = sum_f qf_tf kf_sf exp(b_tf - b_sf) on ``mask``."""
+def _mm_gate(a, b, DT: tl.constexpr):
+    """Dot of the key gate's factorised decays (``_key_sub``: up to exp(SUB max|g|), beyond fp16's range):
+    in DT for bf16 / fp32 (fp32's range), in fp32 for fp16 inputs."""
+    if DT == tl.float16:
+        return tl.dot(a, b)
+    else:
+        return _mm(a, b, DT)
+
+
+@triton.jit
+def _key_sub(cum, i, BT: tl.constexpr):
+    """The key gate's decay exp(b_t - b_s) for the query rows t of sub-block i (rows [SUB i, SUB i + SUB)),
+    factorised at the row r before the sub-block (b_r = 0 for the first): (eq, ek) with
+    eq_t = exp(b_t - b_r) <= 1 on the sub-block's rows (0 elsewhere) and ek_s = exp(b_r - b_s) on the rows
+    before its end (<= 1 up to r, at most exp(SUB max|g|) inside; 0 after). Every causal pair (t, s) is
+    covered once, by t's sub-block."""
+    rows = tl.arange(0, BT)
+    ref = tl.sum(tl.where((rows == i * SUB - 1)[:, None], cum, 0.0), 0)[None, :]
+    own = (rows // SUB == i)[:, None]
+    upto = (rows < i * SUB + SUB)[:, None]
+    eq = tl.where(own, tl.exp(tl.where(own, cum - ref, 0.0)), 0.0)
+    ek = tl.where(upto, tl.exp(tl.where(upto, ref - cum, 0.0)), 0.0)
+    return eq, ek
+
+
+@triton.jit
+def _intra(qf, kf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
+    """A_ts = sum_f qf_tf kf_sf exp(b_tf - b_sf) on ``mask`` (key gate: factorised per sub-block, ``_key_sub``)."""
     if GATE == 1:
-        a = tl.dot(qf * tl.exp(cum), tl.trans(kf * tl.exp(-cum)))
+        a = tl.zeros((BT, BT), dtype=tl.float32)
+        for i in tl.static_range(BT // SUB):
+            eq, ek = _key_sub(cum, i, BT)
+            a += _mm_gate(qf * eq, tl.trans(kf * ek), DT)
     elif GATE == 2:
-        a = _mm(qf, tl.trans(kf), DT) * _decay(cum, mask, BC)
+        a = _mm(qf, tl.trans(kf), DT) * _decay(cum, mask, BT)
     else:
         a = _mm(qf, tl.trans(kf), DT)
     return tl.where(mask, a, 0.0)
 
 
 @triton.jit
-def _intra_left(da, kf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+def _intra_left(da, kf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
     """sum_s da_ts kf_s exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
-        return tl.dot(da, kf * tl.exp(-cum)) * tl.exp(cum)
+        out = tl.zeros(kf.shape, dtype=tl.float32)
+        for i in tl.static_range(BT // SUB):
+            eq, ek = _key_sub(cum, i, BT)
+            out += _mm_gate(da, kf * ek, DT) * eq
+        return out
     elif GATE == 2:
-        return _mm_wide(da * _decay(cum, mask, BC), kf, DT, WIDE)
+        return _mm_wide(da * _decay(cum, mask, BT), kf, DT, WIDE)
     else:
         return _mm_wide(da, kf, DT, WIDE)
 
 
 @triton.jit
-def _intra_right(da, qf, cum, mask, BC: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+def _intra_right(da, qf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
     """sum_t da_ts qf_t exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
-        return tl.dot(tl.trans(da), qf * tl.exp(cum)) * tl.exp(-cum)
+        out = tl.zeros(qf.shape, dtype=tl.float32)
+        for i in tl.static_range(BT // SUB):
+            eq, ek = _key_sub(cum, i, BT)
+            out += _mm_gate(tl.trans(da), qf * eq, DT) * ek
+        return out
     elif GATE == 2:
-        return _mm_wide(tl.trans(da * _decay(cum, mask, BC)), qf, DT, WIDE)
+        return _mm_wide(tl.trans(da * _decay(cum, mask, BT)), qf, DT, WIDE)
     else:
         return _mm_wide(tl.trans(da), qf, DT, WIDE)
 
@@ -381,19 +421,19 @@ def _window_mix(h, alpha_ptr, mix_win, MIXP: tl.constexpr):
 
 @triton.jit
 def _window_online(qr, tq, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase, vbase, cbase, T,
-                   stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale, R: tl.constexpr, BV: tl.constexpr,
-                   BC: tl.constexpr, W: tl.constexpr, D: tl.constexpr, HAS_VALID: tl.constexpr, DT: tl.constexpr):
-    """Online softmax of the rotated query rows ``qr`` (R rows, tokens ``tq`` in the sub-block starting at
-    ``t0``) over the keys of their window, in blocks of BC keys: unnormalised output (R, BV), denominator and
-    row max (0 for a row that sees no key)."""
-    m_i = tl.full((R,), float("-inf"), tl.float32)
-    l_i = tl.zeros((R,), dtype=tl.float32)
-    accw = tl.zeros((R, BV), dtype=tl.float32)
-    lo = tl.maximum(t0 - W + 1, 0) // BC
-    for kb in range(lo, t0 // BC + 1):
-        s = kb * BC + rows
+                   stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale, BT: tl.constexpr, BV: tl.constexpr,
+                   W: tl.constexpr, D: tl.constexpr, HAS_VALID: tl.constexpr, DT: tl.constexpr):
+    """Online softmax of the rotated query rows ``qr`` (the BT tokens ``tq`` of the chunk starting at ``t0``)
+    over the keys of their window, in blocks of BT keys: unnormalised output (BT, BV), denominator and row
+    max (0 for a row that sees no key)."""
+    m_i = tl.full((BT,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BT,), dtype=tl.float32)
+    accw = tl.zeros((BT, BV), dtype=tl.float32)
+    lo = tl.maximum(t0 - W + 1, 0) // BT
+    for kb in range(lo, t0 // BT + 1):
+        s = kb * BT + rows
         valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-        kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+        kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
         vs = _load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)
         sc = _mm(qr, tl.trans(kr), DT) * scale
         ok = (s[None, :] <= tq[:, None]) & (s[None, :] > tq[:, None] - W) & valid_s[None, :]
@@ -419,13 +459,14 @@ def _hybrid_fwd(
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
     G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
     FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
     """Output of one chunk of BT tokens for all G query heads of a kv head; parallel over chunks.
 
-    The linear branch starts from the chunk's start state h[n] (from ``_chunk_scan``) and walks the
-    chunk in sub-blocks of BC tokens (BC = 16 bounds the factorised in-block decay for the key gate).
+    The linear branch is the chunk's start state h[n] (from ``_chunk_scan``) read by the decayed queries
+    plus the in-chunk BT x BT attention; the window branch runs over the previous W keys in blocks of BT.
+    Every tile has BT rows (the key gate's in-chunk decay is factorised per sub-block inside ``_intra``).
     """
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
@@ -433,7 +474,7 @@ def _hybrid_fwd(
     pid_v = tl.program_id(2)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BC)
+    rows = tl.arange(0, BT)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = pid_v * BV + tl.arange(0, BV)
@@ -441,171 +482,57 @@ def _hybrid_fwd(
     vbase = b * stride_vb + hk * stride_vh
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
+    t0 = n * BT
+    t = t0 + rows
+    tin = t < T
+    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
-        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        # S and vv are dot operands (vv, exact in DT, is upcast where it meets fp32 math): held in DT, half the
+        # registers.
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :]).to(DT)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
-    for i in range(0, BT // BC):
-        t0 = n * BT + i * BC
-        t = t0 + rows
-        tin = t < T
-        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
+        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)
+        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
+        cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+    for j in range(0, G):
+        h = hk * G + j
+        qbase = b * stride_qb + h * stride_qh
+        acc = tl.zeros((BT, BV), dtype=tl.float32)
         if HAS_LIN:
-            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
-            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
-        for j in range(0, G):
-            h = hk * G + j
-            qbase = b * stride_qb + h * stride_qh
-            qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-            acc = tl.zeros((BC, BV), dtype=tl.float32)
-            if HAS_LIN:
-                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP, DT)
-                qt = qf * tl.exp(cum)
-                a = _intra(qf, kf, cum, causal, BC, GATE, DT)
-                lin = _mm(a, vv, DT) + _mm(qt, S, DT)
-                if NORM:
-                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
-                    lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
-                acc += mix_lin * lin
-            if HAS_WIN:
-                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-                qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                accw, l_i, m_fin = _window_online(qr, t, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase,
-                                                  vbase, cbase, T, stride_kt, stride_vt, stride_ct, rows, cols,
-                                                  vcols, scale, BC, BV, BC, W, D, HAS_VALID, DT)
-                if NS > 0:
-                    # Sink logits join the denominator only (rescaled to the common maximum).
-                    sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
-                    m_all = tl.maximum(m_fin, tl.max(sk, 0))
-                    r = tl.exp(m_fin - m_all)
-                    l_i = l_i * r + tl.sum(tl.exp(sk[None, :] - m_all[:, None]), 1)
-                    accw = accw * r[:, None]
-                    m_fin = m_all
-                acc += mw * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
-                if pid_v == 0:
-                    rbase = (b * HKV * G + h) * T
-                    tl.store(m_ptr + rbase + t, m_fin, mask=tin)
-                    tl.store(den_ptr + rbase + t, l_i, mask=tin)
-            acc = acc * valf[:, None]
-            obase = b * stride_ob + h * stride_oh
-            tl.store(o_ptr + obase + t[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
-                     mask=tin[:, None])
-        if HAS_LIN and BT // BC > 1:
-            kend = kf * tl.exp(total[None, :] - cum)
-            S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
-            if NORM:
-                Z = Z * tl.exp(total) + tl.sum(kend, 0)
-
-
-@triton.jit
-def _hybrid_fwd_stacked(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
-    o_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
-    stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot,
-    stride_cb, stride_ct,
-    T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
-    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
-    FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
-):
-    """``_hybrid_fwd`` with the G query heads of the kv head stacked into one tile of G x BC rows (row r:
-    head r // BC, token r % BC): the key side (features, decays, the rotated window keys, masks) is built
-    once per sub-block for all heads, and every dot has G x BC rows instead of BC. Softmax feature maps only
-    (FMAP = 0; hedgehog's F-wide tiles would not fit), G a power of two. Same arguments and results."""
-    DT: tl.constexpr = q_ptr.dtype.element_ty
-    R: tl.constexpr = G * BC
-    n = tl.program_id(0)
-    pid = tl.program_id(1)
-    pid_v = tl.program_id(2)
-    b = (pid // HKV).to(tl.int64)
-    hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BC)
-    stack = tl.arange(0, R)
-    head = hk * G + stack // BC
-    tok = stack % BC
-    cols = tl.arange(0, D)
-    fcols = tl.arange(0, F)
-    vcols = pid_v * BV + tl.arange(0, BV)
-    kbase = b * stride_kb + hk * stride_kh
-    vbase = b * stride_vb + hk * stride_vh
-    qbase = (b * stride_qb + head * stride_qh)[:, None]
-    obase = (b * stride_ob + head * stride_oh)[:, None]
-    rbase = (b * HKV * G + head) * T
-    cbase = b * stride_cb
-    causal = tok[:, None] >= rows[None, :]
-    if HAS_LIN:
-        cidx = (b * HKV + hk) * NT + n
-        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
-        if NORM:
-            Z = tl.load(z_ptr + cidx * F + fcols)
-    if HAS_WIN:
-        mw = _window_mix(head, alpha_ptr, mix_win, MIXP)
-    for i in range(0, BT // BC):
-        t0 = n * BT + i * BC
-        t = t0 + rows
-        tq = t0 + tok
-        tqin = tq < T
-        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
-        valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
-        qraw = _load_rows(q_ptr, qbase, tq, T, stride_qt, cols, 0.0)
-        acc = tl.zeros((R, BV), dtype=tl.float32)
-        if HAS_LIN:
-            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-            kf = _softmax_rows(kraw) * valf[:, None]
-            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
-            qf = _softmax_rows(qraw)
-            # The key side's cumulative gates, repeated for the G heads' rows.
-            CW: tl.constexpr = D if GATE == 1 else 1
-            cum_q = tl.reshape(tl.broadcast_to(cum[None, :, :], (G, BC, CW)), (R, CW))
-            qt = qf * tl.exp(cum_q)
-            if GATE == 1:
-                a = tl.dot(qt, tl.trans(kf * tl.exp(-cum)))
-            elif GATE == 2:
-                d = cum_q - tl.reshape(cum, (1, BC))
-                a = _mm(qf, tl.trans(kf), DT) * tl.where(causal, tl.exp(tl.where(causal, d, 0.0)), 0.0)
-            else:
-                a = _mm(qf, tl.trans(kf), DT)
-            a = tl.where(causal, a, 0.0)
+            qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BT, D, FMAP, DT)
+            qt = qf * tl.exp(cum)
+            a = _intra(qf, kf, cum, causal, BT, GATE, DT)
             lin = _mm(a, vv, DT) + _mm(qt, S, DT)
             if NORM:
                 dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
                 lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
             acc += mix_lin * lin
         if HAS_WIN:
-            qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-            accw, l_i, m_fin = _window_online(qr, tq, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase, vbase,
-                                              cbase, T, stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale,
-                                              R, BV, BC, W, D, HAS_VALID, DT)
+            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+            qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+            accw, l_i, m_fin = _window_online(qr, t, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase,
+                                              vbase, cbase, T, stride_kt, stride_vt, stride_ct, rows, cols,
+                                              vcols, scale, BT, BV, W, D, HAS_VALID, DT)
             if NS > 0:
-                sk = tl.load(sinks_ptr + head[:, None] * NS + tl.arange(0, NS)[None, :]).to(tl.float32)
-                m_all = tl.maximum(m_fin, tl.max(sk, 1))
+                # Sink logits join the denominator only (rescaled to the common maximum).
+                sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
+                m_all = tl.maximum(m_fin, tl.max(sk, 0))
                 r = tl.exp(m_fin - m_all)
-                l_i = l_i * r + tl.sum(tl.exp(sk - m_all[:, None]), 1)
+                l_i = l_i * r + tl.sum(tl.exp(sk[None, :] - m_all[:, None]), 1)
                 accw = accw * r[:, None]
                 m_fin = m_all
-            o_win = accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-            if MIXP:
-                acc += mw[:, None] * o_win
-            else:
-                acc += mw * o_win
+            acc += mw * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
             if pid_v == 0:
-                tl.store(m_ptr + rbase + tq, m_fin, mask=tqin)
-                tl.store(den_ptr + rbase + tq, l_i, mask=tqin)
-        acc = acc * valq[:, None]
-        tl.store(o_ptr + obase + tq[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
-                 mask=tqin[:, None])
-        if HAS_LIN and BT // BC > 1:
-            kend = kf * tl.exp(total[None, :] - cum)
-            S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
-            if NORM:
-                Z = Z * tl.exp(total) + tl.sum(kend, 0)
+                rbase = (b * HKV * G + h) * T
+                tl.store(m_ptr + rbase + t, m_fin, mask=tin)
+                tl.store(den_ptr + rbase + t, l_i, mask=tin)
+        acc = acc * valf[:, None]
+        obase = b * stride_ob + h * stride_oh
+        tl.store(o_ptr + obase + t[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=tin[:, None])
 
 
 @triton.jit
@@ -626,7 +553,7 @@ def _hybrid_bwd_q(
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
-    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
     W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
     NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
@@ -639,7 +566,7 @@ def _hybrid_bwd_q(
     pid = tl.program_id(1)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BC)
+    rows = tl.arange(0, BT)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = tl.arange(0, DV)
@@ -648,104 +575,99 @@ def _hybrid_bwd_q(
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
     strict = rows[:, None] > rows[None, :]
+    t0 = n * BT
+    t = t0 + rows
+    tin = t < T
+    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
-        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        # S and vv are dot operands (vv, exact in DT, is upcast where it meets fp32 math): held in DT, half the
+        # registers.
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :]).to(DT)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
-    for i in range(0, BT // BC):
-        t0 = n * BT + i * BC
-        t = t0 + rows
-        tin = t < T
-        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
+        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)
+        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
+        cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+        if GATE == 1:
+            dlq = tl.zeros((BT, F), dtype=tl.float32)
+        if GATE == 2:
+            dlq = tl.zeros((BT,), dtype=tl.float32)
+    if HAS_WIN:
+        lo = tl.maximum(t0 - W + 1, 0) // BT
+    for j in range(0, G):
+        h = hk * G + j
+        qbase = b * stride_qb + h * stride_qh
+        rbase = (b * HKV * G + h) * T
+        do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
+        dq = tl.zeros((BT, D), dtype=tl.float32)
         if HAS_LIN:
-            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
-            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
-            if GATE == 1:
-                dlq = tl.zeros((BC, F), dtype=tl.float32)
-            if GATE == 2:
-                dlq = tl.zeros((BC,), dtype=tl.float32)
-        for j in range(0, G):
-            h = hk * G + j
-            qbase = b * stride_qb + h * stride_qh
-            rbase = (b * HKV * G + h) * T
             qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
-            dq = tl.zeros((BC, D), dtype=tl.float32)
-            if HAS_LIN:
-                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP, DT)
-                e_cum = tl.exp(cum)
-                dnum = do * mix_lin
-                # Strictly causal part and diagonal apart: the diagonal cancels exactly in the gate
-                # gradient, so it is left out of ``dlq`` instead of being cancelled numerically.
-                da = _mm(dnum, tl.trans(vv), DT)
-                dstate = _mm(dnum, tl.trans(S), DT)
-                diag = tl.sum(dnum * vv, 1)
-                if NORM or GATE == 2:
-                    a = _intra(qf, kf, cum, causal, BC, GATE, DT)
-                if NORM:
-                    qt = qf * e_cum
-                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
-                    rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
-                    # dnum . (linear numerator), from the dots above: sum_s a_ts da_ts + sum_f qt_tf dstate_tf.
-                    dden = -(tl.sum(a * da, 1) + tl.sum(qt * dstate, 1)) * rinv * rinv
-                    tl.store(rinv_ptr + rbase + t, rinv, mask=tin)
-                    tl.store(dden_ptr + rbase + t, dden, mask=tin)
-                    da = da * rinv[:, None] + dden[:, None]
-                    dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
-                    diag = diag * rinv + dden
-                da = tl.where(strict, da, 0.0)
-                dqf = _intra_left(da, kf, cum, strict, BC, GATE, DT, NORM) + dstate * e_cum
-                if GATE == 1:
-                    dlq += qf * dqf
-                if GATE == 2:
-                    # Intra-chunk part as sum_s da_ts A_ts, from the same A and da as the key side's
-                    # sum_t da_ts A_ts in _hybrid_bwd_kv, so the pair terms cancel exactly in the cumsum.
-                    dlq += tl.sum(da * a, 1) + tl.sum(qf * e_cum * dstate, 1)
-                dqf += kf * diag[:, None]
-                dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BC, D, FMAP, DT)
-            if HAS_WIN:
-                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-                qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
-                den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
-                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-                lo = tl.maximum(t0 - W + 1, 0) // BC
-                # delta = do . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
-                # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
-                delta = tl.zeros((BC,), dtype=tl.float32)
-                for kb in range(lo, t0 // BC + 1):
-                    s = kb * BC + rows
-                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                    kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
-                    dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
-                    delta += tl.sum(p * dp, 1)
-                tl.store(delta_ptr + rbase + t, delta, mask=tin)
-                dqr = tl.zeros((BC, D), dtype=tl.float32)
-                for kb in range(lo, t0 // BC + 1):
-                    s = kb * BC + rows
-                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                    kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
-                    dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
-                    dqr += _mm(p * (dp - delta[:, None]), kr, DT)
-                dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
-            dqbase = (b * HKV * G + h) * T * D
-            tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
-                     mask=tin[:, None])
-        if HAS_LIN:
+            qf = _fmap(qraw, wq_ptr, h, cols, BT, D, FMAP, DT)
+            dnum = do * mix_lin
+            # Strictly causal part and diagonal apart (the per-head gate's ``dlq`` leaves the diagonal out: it
+            # cancels exactly against the key side; the key gate's cancels in fp32).
+            da = _mm(dnum, tl.trans(vv), DT)
+            dstate = _mm(dnum, tl.trans(S), DT)
+            diag = tl.sum(dnum * vv.to(tl.float32), 1)
+            e_cum = tl.exp(cum)
+            if NORM or GATE == 2:
+                a = _intra(qf, kf, cum, causal, BT, GATE, DT)
+            if NORM:
+                qt = qf * e_cum
+                dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
+                # dnum . (linear numerator), from the dots above: sum_s a_ts da_ts + sum_f qt_tf dstate_tf.
+                dden = -(tl.sum(a * da, 1) + tl.sum(qt * dstate, 1)) * rinv * rinv
+                tl.store(rinv_ptr + rbase + t, rinv, mask=tin)
+                tl.store(dden_ptr + rbase + t, dden, mask=tin)
+                da = da * rinv[:, None] + dden[:, None]
+                dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
+                diag = diag * rinv + dden
+            da = tl.where(strict, da, 0.0)
+            dqf = _intra_left(da, kf, cum, strict, BT, GATE, DT, NORM) + dstate * e_cum + kf * diag[:, None]
             if GATE == 1:
-                tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
+                dlq += qf * dqf
             if GATE == 2:
-                tl.store(dlq_ptr + (b * HKV + hk) * T + t, dlq, mask=tin)
-            if BT // BC > 1:
-                kend = kf * tl.exp(total[None, :] - cum)
-                S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
-                if NORM:
-                    Z = Z * tl.exp(total) + tl.sum(kend, 0)
+                # Intra-chunk part as sum_s da_ts A_ts, from the same A and da as the key side's
+                # sum_t da_ts A_ts in _hybrid_bwd_kv, so the pair terms cancel exactly in the cumsum.
+                dlq += tl.sum(da * a, 1) + tl.sum(qf * e_cum * dstate, 1)
+            dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BT, D, FMAP, DT)
+        if HAS_WIN:
+            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+            qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+            m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
+            den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
+            inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
+            # delta = do . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
+            # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
+            delta = tl.zeros((BT,), dtype=tl.float32)
+            for kb in range(lo, n + 1):
+                s = kb * BT + rows
+                valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+                p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
+                dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
+                delta += tl.sum(p * dp, 1)
+            tl.store(delta_ptr + rbase + t, delta, mask=tin)
+            dqr = tl.zeros((BT, D), dtype=tl.float32)
+            for kb in range(lo, n + 1):
+                s = kb * BT + rows
+                valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+                p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
+                dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
+                dqr += _mm(p * (dp - delta[:, None]), kr, DT)
+            dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
+        dqbase = (b * HKV * G + h) * T * D
+        tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
+                 mask=tin[:, None])
+    if HAS_LIN:
+        if GATE == 1:
+            tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
+        if GATE == 2:
+            tl.store(dlq_ptr + (b * HKV + hk) * T + t, dlq, mask=tin)
 
 
 @triton.jit
@@ -759,11 +681,11 @@ def _hybrid_bwd_kv(
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
-    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
     W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
     NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dk, dv (and the log-gate gradient) of one (chunk, batch, kv head), sub-blocks walked backwards.
+    """dk, dv (and the log-gate gradient) of one (chunk, batch, kv head).
 
     Starts from dh[n] (gradient w.r.t. the state at the chunk's end, from ``_chunk_scan``). The gate
     gradient is a reverse cumulative sum of ``phi(q) dphi(q) - phi(k) dphi(k)`` within the chunk;
@@ -774,7 +696,7 @@ def _hybrid_bwd_kv(
     pid = tl.program_id(1)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BC)
+    rows = tl.arange(0, BT)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = tl.arange(0, DV)
@@ -784,138 +706,108 @@ def _hybrid_bwd_kv(
     lgbase = (b * HKV + hk) * T
     causal = rows[:, None] >= rows[None, :]
     strict = rows[:, None] > rows[None, :]
-    NBT = tl.cdiv(T, BC)
+    t0 = n * BT
+    t = t0 + rows
+    tin = t < T
+    valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
+    valf = valid_t.to(tl.float32)
+    vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)  # exact in DT
+    kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+    dv = tl.zeros((BT, DV), dtype=tl.float32)
+    dk = tl.zeros((BT, D), dtype=tl.float32)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
         hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
         dS = tl.load(dh_ptr + hidx)
         if NORM:
             dZ = tl.load(dz_ptr + cidx * F + fcols)
-        carry = tl.zeros((D,), dtype=tl.float32)
         if GATE != 0:
             if n + 1 < NT:  # all pairs across the chunk's end: sum S_end * dS_end (per key dim for the key gate)
                 cvec = tl.sum(tl.load(h_ptr + hidx + F * DV) * dS, 1)
                 if NORM:
                     cvec += tl.load(z_ptr + (cidx + 1) * F + fcols) * dZ
-                if GATE == 1:
-                    carry += cvec
-                else:
-                    boundary = tl.sum(cvec, 0)
             else:
-                boundary = 0.0
-    for ii in range(0, BT // BC):
-        i = BT // BC - 1 - ii
-        t0 = n * BT + i * BC
-        t = t0 + rows
-        tin = t < T
-        valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
-        valf = valid_t.to(tl.float32)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0)
-        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-        dv = tl.zeros((BC, DV), dtype=tl.float32)
-        dk = tl.zeros((BC, D), dtype=tl.float32)
-        if HAS_LIN:
-            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
-            cum, total = _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
-            e_end = tl.exp(total[None, :] - cum)
-            kend = kf * e_end
+                cvec = tl.zeros((F,), dtype=tl.float32)
             if GATE == 2:
-                dsv = _mm_split(vv, tl.trans(dS), DT, NORM)
-            else:
-                dsv = _mm_wide(vv, tl.trans(dS), DT, NORM)
+                boundary = tl.sum(cvec, 0)
+        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
+        cum, total = _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
+        e_end = tl.exp(total[None, :] - cum)
+        if GATE == 2:
+            dsv = _mm_split(vv, tl.trans(dS), DT, NORM)
+        else:
+            dsv = _mm_wide(vv, tl.trans(dS), DT, NORM)
+        if NORM:
+            dsv += dZ[None, :]
+        dkf = e_end * dsv
+        if GATE == 2:
+            krow = tl.sum(kf * dkf, 1)
+        dv += _mm_wide(kf * e_end, dS, DT, NORM)
+    if HAS_WIN:
+        kr = _rope_rows(k_ptr, kbase, t, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+        dkr = tl.zeros((BT, D), dtype=tl.float32)
+        q_hi = tl.minimum(NT, n + (W + BT - 2) // BT + 1)
+    for j in range(0, G):
+        h = hk * G + j
+        qbase = b * stride_qb + h * stride_qh
+        obase = b * stride_ob + h * stride_oh
+        rbase = (b * HKV * G + h) * T
+        if HAS_LIN:
+            qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BT, D, FMAP, DT)
+            dnum = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
+            a = _intra(qf, kf, cum, causal, BT, GATE, DT)
+            da = _mm(dnum, tl.trans(vv), DT)
+            diag = tl.sum(dnum * vv.to(tl.float32), 1)
             if NORM:
-                dsv += dZ[None, :]
-            dkf = e_end * dsv
-            if GATE == 1:
-                dkf_diag = tl.zeros((BC, F), dtype=tl.float32)
+                rinv = tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)
+                dden = tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)
+                dnum = dnum * rinv[:, None]
+                da = da * rinv[:, None] + dden[:, None]
+                diag = diag * rinv + dden
+            dv += _mm_wide(tl.trans(a), dnum, DT, NORM)
+            da = tl.where(strict, da, 0.0)
+            dkc = _intra_right(da, qf, cum, strict, BT, GATE, DT, NORM)
+            dkf += dkc + qf * diag[:, None]
             if GATE == 2:
-                krow = tl.sum(kf * dkf, 1)
-            dv += _mm_wide(kend, dS, DT, NORM)
-            if BT // BC > 1:  # gradient w.r.t. the state at the end of the previous sub-block
-                dS_prev = dS * tl.exp(total)[:, None]
-                if NORM:
-                    dZ_prev = dZ * tl.exp(total)
+                krow += tl.sum(da * a, 0)
         if HAS_WIN:
-            kr = _rope_rows(k_ptr, kbase, t, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-            dkr = tl.zeros((BC, D), dtype=tl.float32)
-            q_hi = tl.minimum(NBT, t0 // BC + (W + BC - 2) // BC + 1)
-        for j in range(0, G):
-            h = hk * G + j
-            qbase = b * stride_qb + h * stride_qh
-            obase = b * stride_ob + h * stride_oh
-            rbase = (b * HKV * G + h) * T
-            if HAS_LIN:
-                qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-                dnum = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
-                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP, DT)
-                qt = qf * tl.exp(cum)
-                a = _intra(qf, kf, cum, causal, BC, GATE, DT)
-                da = _mm(dnum, tl.trans(vv), DT)
-                diag = tl.sum(dnum * vv, 1)
-                if NORM:
-                    rinv = tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)
-                    dden = tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)
-                    dnum = dnum * rinv[:, None]
-                    da = da * rinv[:, None] + dden[:, None]
-                    diag = diag * rinv + dden
-                    if BT // BC > 1:
-                        dZ_prev += tl.sum(qt * dden[:, None], 0)
-                dv += _mm_wide(tl.trans(a), dnum, DT, NORM)
-                da = tl.where(strict, da, 0.0)
-                dkc = _intra_right(da, qf, cum, strict, BC, GATE, DT, NORM)
-                if GATE == 1:
-                    dkf += dkc
-                    dkf_diag += qf * diag[:, None]
-                else:
-                    dkf += dkc + qf * diag[:, None]
-                    if GATE == 2:
-                        krow += tl.sum(da * a, 0)
-                if BT // BC > 1:
-                    dS_prev += _mm_wide(tl.trans(qt), dnum, DT, NORM)
-            if HAS_WIN:
-                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-                for qb in range(t0 // BC, q_hi):
-                    tq = qb * BC + rows
-                    tqin = tq < T
-                    valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
-                    qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                    do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mw)[:, None]
-                    rq = rbase + tq
-                    m = tl.load(m_ptr + rq, mask=tqin, other=0.0)
-                    den = tl.load(den_ptr + rq, mask=tqin, other=0.0)
-                    delta = tl.load(delta_ptr + rq, mask=tqin, other=0.0) * mw
-                    inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-                    p = _window_block_probs(qr, kr, tq, t, valid_t, m, inv_den, scale, W, DT)
-                    dv += _mm(tl.trans(p), do_w, DT)
-                    dp = _mm(do_w, tl.trans(vv), DT)
-                    dkr += _mm(tl.trans(p * (dp - delta[:, None])), qr, DT)
-        if HAS_LIN:
-            if GATE == 1:
-                dlam = tl.load(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], mask=tin[:, None],
-                               other=0.0) - kf * dkf
-                dkf += dkf_diag
-            dk += _fmap_bwd(kraw, dkf * valf[:, None], wk_ptr, dwk_ptr, hk, cols, BC, D, FMAP, DT)
-            if GATE == 1:
-                dg = tl.cumsum(dlam, 0, reverse=True) + carry[None, :]
-                sig_neg = 1.0 / (1.0 + tl.exp(kraw))
-                dk += dg * sig_neg * (valf / gate_scale)[:, None]
-                carry += tl.sum(dlam, 0)
-            if GATE == 2:
-                # Per-head gate: per-token terms, plus at the chunk's last token the pairs across its end;
-                # the caller's reverse cumulative sum runs within each chunk. (A sequence-long cumulative
-                # sum of the per-token terms instead cancels their state parts over the whole sequence:
-                # bf16 rounding then grows with T, to a 0.7 relative error at T = 2k on an H100.)
-                dlam = (tl.load(dlq_ptr + lgbase + t, mask=tin, other=0.0) - krow) * valf
-                dlam += tl.where(t == n * BT + BT - 1, boundary, 0.0)
-                tl.store(dlg_ptr + lgbase + t, dlam, mask=tin)
-            if BT // BC > 1:
-                dS = dS_prev
-                if NORM:
-                    dZ = dZ_prev
-        if HAS_WIN:
-            dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
-        dkv_base = (b * HKV + hk) * T
-        tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
-                 mask=tin[:, None])
-        tl.store(dv_ptr + (dkv_base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty),
-                 mask=tin[:, None])
+            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+            for qb in range(n, q_hi):
+                tq = qb * BT + rows
+                tqin = tq < T
+                valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
+                qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+                do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mw)[:, None]
+                rq = rbase + tq
+                m = tl.load(m_ptr + rq, mask=tqin, other=0.0)
+                den = tl.load(den_ptr + rq, mask=tqin, other=0.0)
+                delta = tl.load(delta_ptr + rq, mask=tqin, other=0.0) * mw
+                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
+                p = _window_block_probs(qr, kr, tq, t, valid_t, m, inv_den, scale, W, DT)
+                dv += _mm(tl.trans(p), do_w, DT)
+                dp = _mm(do_w, tl.trans(vv), DT)
+                dkr += _mm(tl.trans(p * (dp - delta[:, None])), qr, DT)
+    if HAS_LIN:
+        if GATE == 1:
+            dlam = tl.load(dlq_ptr + lgbase * F + t[:, None] * F + fcols[None, :], mask=tin[:, None],
+                           other=0.0) - kf * dkf
+        dk += _fmap_bwd(kraw, dkf * valf[:, None], wk_ptr, dwk_ptr, hk, cols, BT, D, FMAP, DT)
+        if GATE == 1:
+            dg = tl.cumsum(dlam, 0, reverse=True) + cvec[None, :]
+            sig_neg = 1.0 / (1.0 + tl.exp(kraw))
+            dk += dg * sig_neg * (valf / gate_scale)[:, None]
+        if GATE == 2:
+            # Per-head gate: per-token terms, plus at the chunk's last token the pairs across its end;
+            # the caller's reverse cumulative sum runs within each chunk. (A sequence-long cumulative
+            # sum of the per-token terms instead cancels their state parts over the whole sequence:
+            # bf16 rounding then grows with T, to a 0.7 relative error at T = 2k on an H100.)
+            dlam = (tl.load(dlq_ptr + lgbase + t, mask=tin, other=0.0) - krow) * valf
+            dlam += tl.where(t == t0 + BT - 1, boundary, 0.0)
+            tl.store(dlg_ptr + lgbase + t, dlam, mask=tin)
+    if HAS_WIN:
+        dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
+    dkv_base = (b * HKV + hk) * T
+    tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=tin[:, None])
+    tl.store(dv_ptr + (dkv_base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=tin[:, None])
