@@ -633,7 +633,7 @@ for name, fn in LAYERS if "profile" in RUN and not WORKER else []:
 # ----------------------------------------------------------------------------- (e) launch-config sweep
 import linearize.kernels as LK  # noqa: E402
 
-BASE_LAUNCH, BASE_CHUNK = LK._launch, LK.CHUNK_LEN
+BASE_LAUNCH, BASE_BLOCKS = LK._launch, LK._blocks
 SWEEP_VARIANTS = {
     "liger": [("fwd BV64", {"fwd": dict(BV=64)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
               ("fwd s2", {"fwd": dict(num_stages=2)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
@@ -647,7 +647,8 @@ SWEEP_VARIANTS = {
 
 
 def with_launch(change):
-    """Patch the kernels' launch choice: a dict updates per-kernel options, an int sets the chunk BT."""
+    """Patch the kernels' launch choice: a dict updates per-kernel options, an int sets the chunk BT (in tiles of
+    the default BC; the learned gate keeps one tile per chunk)."""
 
     def launch(f, D, cuda, dtype=torch.bfloat16):
         cfg = BASE_LAUNCH(f, D, cuda, dtype)
@@ -655,7 +656,13 @@ def with_launch(change):
             cfg[key] = {**cfg[key], **upd}
         return cfg
 
-    LK._launch, LK.CHUNK_LEN = launch, (change if isinstance(change, int) else BASE_CHUNK)
+    def blocks(f, cuda):
+        blk = BASE_BLOCKS(f, cuda)
+        if not isinstance(change, int):
+            return blk
+        return blk._replace(BT=change, BC=change if f.gate == 2 else blk.BC)
+
+    LK._launch, LK._blocks = launch, blocks
 
 
 if WORKER is not None:
@@ -668,7 +675,7 @@ if WORKER is not None:
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
                 finally:
-                    LK._launch, LK.CHUNK_LEN = BASE_LAUNCH, BASE_CHUNK
+                    LK._launch, LK._blocks = BASE_LAUNCH, BASE_BLOCKS
     sys.exit(0)
 
 SWEEP = []
@@ -698,7 +705,7 @@ for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN els
         except Exception as e:  # noqa: BLE001
             row = {"core": cname, "variant": label, "error": repr(e)[:160]}
         finally:
-            LK._launch, LK.CHUNK_LEN = BASE_LAUNCH, BASE_CHUNK
+            LK._launch, LK._blocks = BASE_LAUNCH, BASE_BLOCKS
         SWEEP.append(row)
         print(row, flush=True)
 

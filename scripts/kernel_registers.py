@@ -2,7 +2,7 @@
 
 Each kernel is compiled by Triton for a CUDA target (default sm_90: H100 / H200) through a stub driver,
 at the launch configs the launchers use: block sizes, num_warps and num_stages come from
-``CHUNK_LEN`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
+``_blocks`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
 (``lolcats_chunked.py``), imported, not copied; the decode kernel's BV / BD are restated here. Variants:
 the attention of the shipped recipes, head dims 64 and 128, G = 4 query heads per kv head, padding mask
 on. ptxas (bundled with Triton) reports registers, stack frame and spills; shared memory is Triton's
@@ -42,7 +42,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from linearize.kernels import CHUNK_LEN, _decode_warps, _flags, _launch, _meta  # noqa: E402
+from linearize.kernels import _blocks, _decode_warps, _flags, _launch, _meta  # noqa: E402
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
@@ -116,7 +116,7 @@ def _opts(o):
 
 def launches(spec, D, dtype=torch.bfloat16):
     """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D, with the
-    block sizes, num_warps and num_stages the launchers take from ``CHUNK_LEN`` / ``_launch`` /
+    block sizes, num_warps and num_stages the launchers take from ``_blocks`` / ``_launch`` /
     ``lolcats_config`` (imported, not copied)."""
     out = []
     if spec.shared:
@@ -124,7 +124,7 @@ def launches(spec, D, dtype=torch.bfloat16):
         cfg = lolcats_config(D, True)
         BT = cfg["BT"]
         (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
-        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=0, FMAP=1, NORM=True, HAS_VALID=True, **st)
+        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, BC=BT, GATE=0, FMAP=1, NORM=True, HAS_VALID=True, **st)
         scan = dict(D=D, F=F, DV=D, GATE=0, NORM=True, HAS_S0=False, STORE_ST=False, **sc)
         lol = dict(G=G, D=D, F=F, DV=D, BT=BT, W=spec.window, HAS_VALID=True)
         out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, st_o),
@@ -138,14 +138,15 @@ def launches(spec, D, dtype=torch.bfloat16):
                  {"num_warps": _decode_warps(2 * spec.window, D)})]
         return out
     f = _flags(spec)
-    BT = CHUNK_LEN
+    blk = _blocks(f, True)
     cfg = _launch(f, D, True, dtype)
     (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
     F = 2 * D if f.fmap else D
     W = int(spec.window) if f.has_win else 1
-    meta = _meta(f, G, D, D, BT, W, True)
+    meta = _meta(f, G, D, D, blk, W, True)
     if f.has_lin:
-        cs = dict(G=G, D=D, F=F, DV=D, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=True, **st)
+        cs = dict(G=G, D=D, F=F, DV=D, BT=blk.BT, BC=blk.BC, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=True,
+                  **st)
         scan = dict(D=D, F=F, DV=D, GATE=f.gate, NORM=f.norm, **sc)
         out += [("_chunk_state", "fwd", {**cs, "STATES": True, "WITH_DO": False}, {}, st_o),
                 ("_chunk_scan", "fwd", {**scan, "HAS_S0": False, "STORE_ST": False}, {"FIRST": 0}, sc_o),
@@ -223,7 +224,7 @@ def main():
             for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
                 key = (name, D, tuple(sorted(opts.items())), tuple(sorted(constexprs.items())),
                        tuple(sorted(ints.items())))
-                blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BV", "BK") if b in constexprs)
+                blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BC", "BV", "BK") if b in constexprs)
                 row = jobs.setdefault(key, {"kernel": name, "D": D, "num_warps": opts["num_warps"],
                                             "num_stages": opts.get("num_stages", 3), "blocks": blocks,
                                             "variants": [], "passes": [],

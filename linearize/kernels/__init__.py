@@ -126,11 +126,29 @@ def _flags(spec) -> _Flags:
                   0.5 if (hybrid and not mixp) else 1.0, 0.5 if hybrid else 1.0)
 
 
-# BT: the chunk of the chunk-level states and the row count of every tile of the training / prefill kernels.
-# 32 keeps each program's tiles in registers at head dim 128 (sm_90, scripts/kernel_registers.py): with 64 rows
-# the forward spills ~0.9 kB and the backward 2-4 kB per thread for the softmax maps, and the hedgehog maps'
-# BT x 2D feature tiles do not fit at all. (The GPU sweep in scripts/gpu_check_kernels.py times other values.)
-CHUNK_LEN = 32
+class _Blocks(NamedTuple):
+    BT: int  # chunk of the chunk-level states
+    BC: int  # rows of every tile: a chunk is walked in BT / BC tiles, the state stepped in registers
+    SUB: int  # the key gate's sub-block: bounds its factorised in-tile exponent, SUB * max|g|
+
+
+def _blocks(f: _Flags, device_is_cuda: bool) -> _Blocks:
+    """GPU: one 32-row tile per 32-token chunk. 32 rows keep each program's tiles in registers at head dim 128
+    (sm_90, scripts/kernel_registers.py, Liger-GLA: no spills in the forward, ~0.3 kB per thread in the
+    backward; one 64-row tile spills ~0.9 kB in the forward and 2-4 kB in the backward, and the hedgehog maps'
+    64 x 2D feature tiles do not fit at all). 64-token chunks in two 32-row tiles (the state stepped in
+    registers) would halve the stored chunk states and the scan's length, but hold an fp32 state or state
+    gradient through the head loop: ~0.2 / 1.0 / 1.0 kB of spills (forward / dq / dk, dv); the GPU sweep in
+    scripts/gpu_check_kernels.py times it ("BT 64"). The learned gate keeps one tile per chunk whatever BT:
+    across tiles its per-token gradient terms would have to cancel through two differently rounded state
+    paths (the forward's stepped state, the backward's stepped state gradient), and in fp16 ``gate_proj.bias``
+    came out 2.6e-2 off instead of < 1e-2 (``test_normalised_fp16_gradients_stay_in_range_when_features_barely_
+    meet``); within one tile its pair terms come from the same A and dA on both sides and cancel exactly.
+    The interpreter: 32-token chunks in 16-row tiles (learned gate: one tile), 8-row key-gate sub-blocks, so
+    that short test sequences cross several of each."""
+    if device_is_cuda:
+        return _Blocks(32, 32, 16)
+    return _Blocks(32, 32 if f.gate == 2 else 16, 8)
 
 
 def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict]:
@@ -181,9 +199,10 @@ def _strides(*tensors):
     return out
 
 
-def _meta(f: _Flags, G, D, DV, BT, W, has_valid):
-    return dict(G=G, D=D, F=2 * D if f.fmap else D, DV=DV, BT=BT, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
-                GATE=f.gate, FMAP=f.fmap, NORM=f.norm, MIXP=f.mixp, HAS_VALID=has_valid)
+def _meta(f: _Flags, G, D, DV, blk: _Blocks, W, has_valid):
+    return dict(G=G, D=D, F=2 * D if f.fmap else D, DV=DV, BT=blk.BT, BC=blk.BC, SUB=blk.SUB, W=W,
+                HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, MIXP=f.mixp,
+                HAS_VALID=has_valid)
 
 
 class _Params(NamedTuple):
@@ -208,14 +227,14 @@ def _dot_weights(P: _Params, dtype: torch.dtype) -> _Params:
     return P._replace(wq=P.wq.to(dtype), wk=P.wk.to(dtype))
 
 
-def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=None, dden=None, bufs=None,
+def _chunk_states(q, k, v, valid, spec, f, blk, P, states=True, do=None, rinv=None, dden=None, bufs=None,
                   s0=None, want_state=False):
     """Chunk start states h (B, Hkv, NT, F, Dv) and z (B, Hkv, NT, F) (fp32, normalised only) and/or,
     with ``do``, the gradients w.r.t. each chunk's end state (same shapes); final state if asked."""
     B, H, T, D = q.shape
     HKV, DV = k.shape[1], v.shape[-1]
     F = 2 * D if f.fmap else D
-    NT = triton.cdiv(T, BT)
+    NT = triton.cdiv(T, blk.BT)
     dev = q.device
     dummy = torch.empty(1, device=dev, dtype=torch.float32)
     if bufs is None:
@@ -234,8 +253,8 @@ def _chunk_states(q, k, v, valid, spec, f, BT, P, states=True, do=None, rinv=Non
         q, k, v, _ptr(valid, dummy), do_t, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(rinv, dummy), _ptr(dden, dummy), h, z, dh, dz, gtot, *_strides(q, k, v, do_t),
         T, HKV, NT, float(spec.gate_scale), float(f.mix_lin),
-        G=H // HKV, D=D, F=F, DV=DV, BT=BT, GATE=f.gate, FMAP=f.fmap, NORM=f.norm, HAS_VALID=valid is not None,
-        STATES=states, WITH_DO=do is not None, **cfg["state"],
+        G=H // HKV, D=D, F=F, DV=DV, BT=blk.BT, BC=blk.BC, GATE=f.gate, FMAP=f.fmap, NORM=f.norm,
+        HAS_VALID=valid is not None, STATES=states, WITH_DO=do is not None, **cfg["state"],
     )
     first = 0 if states else 1
     modes = (1 if states else 0) + (1 if do is not None else 0)
@@ -253,8 +272,8 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     DV = v.shape[-1]
     f = _flags(spec)
     cuda = q.is_cuda and not INTERPRET
-    BT = CHUNK_LEN
-    NT = triton.cdiv(T, BT)
+    blk = _blocks(f, cuda)
+    NT = triton.cdiv(T, blk.BT)
     cfg = _launch(f, D, cuda, q.dtype)["fwd"]
     P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
@@ -263,13 +282,13 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     den = torch.empty_like(m)
     h = z = st = None
     if f.has_lin:
-        (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, BT, P, s0=s0, want_state=want_state)
+        (h, z, _), _, st = _chunk_states(q, k, v, valid, spec, f, blk, P, s0=s0, want_state=want_state)
     _hybrid_fwd[(NT, B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(valid, m), _ptr(P.lg, m), _ptr(P.wq, m), _ptr(P.wk, m), _ptr(P.alpha, m),
         _ptr(P.sinks, m), o, m, den, _ptr(h, m), _ptr(z, m),
         *_strides(q, k, v, o), scb, sct,
         T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
-        NS=f.ns, **_meta(f, G, D, DV, BT, int(spec.window) if f.has_win else 1, valid is not None), **cfg,
+        NS=f.ns, **_meta(f, G, D, DV, blk, int(spec.window) if f.has_win else 1, valid is not None), **cfg,
     )
     return o, m, den, st
 
@@ -299,7 +318,8 @@ class HybridAttentionFunction(torch.autograd.Function):
         f = _flags(spec)
         F = 2 * D if f.fmap else D
         cuda = q.is_cuda and not INTERPRET
-        BT = CHUNK_LEN
+        blk = _blocks(f, cuda)
+        BT = blk.BT
         NT = triton.cdiv(T, BT)
         cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
         dev = q.device
@@ -321,22 +341,22 @@ class HybridAttentionFunction(torch.autograd.Function):
         bufs = None
         if f.has_lin:
             if f.norm:  # the pull on the states needs 1/den and dden from _hybrid_bwd_q: two passes
-                bufs, _, _ = _chunk_states(q, k, v, valid, spec, f, BT, PK)
+                bufs, _, _ = _chunk_states(q, k, v, valid, spec, f, blk, PK)
             else:
-                bufs, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, PK, do=do)
+                bufs, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, blk, PK, do=do)
             h, z = bufs[0], bufs[1]
         common = (
             *_strides(q, k, v, do), scb, sct,
             T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         )
-        meta = dict(**_meta(f, G, D, DV, BT, int(spec.window) if f.has_win else 1, valid is not None),
+        meta = dict(**_meta(f, G, D, DV, blk, int(spec.window) if f.has_win else 1, valid is not None),
                     **_launch(f, D, cuda, q.dtype)["bwd"])
         ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(PK.lg, dummy), _ptr(PK.wq, dummy), _ptr(PK.wk, dummy),
                _ptr(PK.alpha, dummy))
         grid = (NT, B * HKV)
         _hybrid_bwd_q[grid](*ins, do, m, den, h, z, dq, delta, dlq, rinv, dden, dwq, *common, **meta)
         if f.has_lin and f.norm:
-            _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, BT, PK, states=False, do=do, rinv=rinv,
+            _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, blk, PK, states=False, do=do, rinv=rinv,
                                            dden=dden, bufs=bufs)
         _hybrid_bwd_kv[grid](*ins, do, m, den, delta, dlq, rinv, dden, h, z, dh, dz, dk, dv, dlg, dwk,
                              *common, **meta)

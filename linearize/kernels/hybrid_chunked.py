@@ -44,8 +44,6 @@ import triton.language as tl
 # The interpreter's tl.dot on bf16 operands is wrong (numpy has no bf16); there the operands are rounded
 # to bf16 and multiplied in fp32 instead, which gives the same numbers.
 _EMULATE_BF16_DOT = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
-# Sub-block of the key gate's factorised in-chunk decay (``_key_sub``): bounds its largest exponent.
-SUB = tl.constexpr(16)
 
 
 @triton.jit
@@ -202,6 +200,15 @@ def _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE: tl.constexpr):
 
 
 @triton.jit
+def _gate_zero(D: tl.constexpr, GATE: tl.constexpr):
+    """A zero log-gate total in ``_gate_cum``'s shape: (D,) for the key gate, (1,) otherwise."""
+    if GATE == 1:
+        return tl.zeros((D,), dtype=tl.float32)
+    else:
+        return tl.zeros((1,), dtype=tl.float32)
+
+
+@triton.jit
 def _decay(cum, mask, R: tl.constexpr):
     """exp(b_t - b_s) for a per-head gate (cum (R, 1)), masked to 0 outside ``mask``."""
     d = cum - tl.reshape(cum, (1, R))
@@ -219,13 +226,13 @@ def _mm_gate(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _key_sub(cum, i, BT: tl.constexpr):
+def _key_sub(cum, i, BC: tl.constexpr, SUB: tl.constexpr):
     """The key gate's decay exp(b_t - b_s) for the query rows t of sub-block i (rows [SUB i, SUB i + SUB)),
     factorised at the row r before the sub-block (b_r = 0 for the first): (eq, ek) with
     eq_t = exp(b_t - b_r) <= 1 on the sub-block's rows (0 elsewhere) and ek_s = exp(b_r - b_s) on the rows
     before its end (<= 1 up to r, at most exp(SUB max|g|) inside; 0 after). Every causal pair (t, s) is
     covered once, by t's sub-block."""
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     ref = tl.sum(tl.where((rows == i * SUB - 1)[:, None], cum, 0.0), 0)[None, :]
     own = (rows // SUB == i)[:, None]
     upto = (rows < i * SUB + SUB)[:, None]
@@ -235,46 +242,48 @@ def _key_sub(cum, i, BT: tl.constexpr):
 
 
 @triton.jit
-def _intra(qf, kf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
+def _intra(qf, kf, cum, mask, BC: tl.constexpr, SUB: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr):
     """A_ts = sum_f qf_tf kf_sf exp(b_tf - b_sf) on ``mask`` (key gate: factorised per sub-block, ``_key_sub``)."""
     if GATE == 1:
-        a = tl.zeros((BT, BT), dtype=tl.float32)
-        for i in tl.static_range(BT // SUB):
-            eq, ek = _key_sub(cum, i, BT)
+        a = tl.zeros((BC, BC), dtype=tl.float32)
+        for i in tl.static_range(BC // SUB):
+            eq, ek = _key_sub(cum, i, BC, SUB)
             a += _mm_gate(qf * eq, tl.trans(kf * ek), DT)
     elif GATE == 2:
-        a = _mm(qf, tl.trans(kf), DT) * _decay(cum, mask, BT)
+        a = _mm(qf, tl.trans(kf), DT) * _decay(cum, mask, BC)
     else:
         a = _mm(qf, tl.trans(kf), DT)
     return tl.where(mask, a, 0.0)
 
 
 @triton.jit
-def _intra_left(da, kf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+def _intra_left(da, kf, cum, mask, BC: tl.constexpr, SUB: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr,
+                WIDE: tl.constexpr):
     """sum_s da_ts kf_s exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
         out = tl.zeros(kf.shape, dtype=tl.float32)
-        for i in tl.static_range(BT // SUB):
-            eq, ek = _key_sub(cum, i, BT)
+        for i in tl.static_range(BC // SUB):
+            eq, ek = _key_sub(cum, i, BC, SUB)
             out += _mm_gate(da, kf * ek, DT) * eq
         return out
     elif GATE == 2:
-        return _mm_wide(da * _decay(cum, mask, BT), kf, DT, WIDE)
+        return _mm_wide(da * _decay(cum, mask, BC), kf, DT, WIDE)
     else:
         return _mm_wide(da, kf, DT, WIDE)
 
 
 @triton.jit
-def _intra_right(da, qf, cum, mask, BT: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr, WIDE: tl.constexpr):
+def _intra_right(da, qf, cum, mask, BC: tl.constexpr, SUB: tl.constexpr, GATE: tl.constexpr, DT: tl.constexpr,
+                 WIDE: tl.constexpr):
     """sum_t da_ts qf_t exp(b_t - b_s)  (da already masked; WIDE: da may exceed fp16, see ``_mm_wide``)."""
     if GATE == 1:
         out = tl.zeros(qf.shape, dtype=tl.float32)
-        for i in tl.static_range(BT // SUB):
-            eq, ek = _key_sub(cum, i, BT)
+        for i in tl.static_range(BC // SUB):
+            eq, ek = _key_sub(cum, i, BC, SUB)
             out += _mm_gate(tl.trans(da), qf * eq, DT) * ek
         return out
     elif GATE == 2:
-        return _mm_wide(tl.trans(da * _decay(cum, mask, BT)), qf, DT, WIDE)
+        return _mm_wide(tl.trans(da * _decay(cum, mask, BC)), qf, DT, WIDE)
     else:
         return _mm_wide(tl.trans(da), qf, DT, WIDE)
 
@@ -289,7 +298,7 @@ def _chunk_state(
     stride_ob, stride_oh, stride_ot,
     T, HKV, NT, gate_scale, mix_lin,
     G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr, HAS_VALID: tl.constexpr,
+    BC: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr, HAS_VALID: tl.constexpr,
     STATES: tl.constexpr, WITH_DO: tl.constexpr,
 ):
     """Chunk-level summaries, parallel over (chunk, batch * kv head, blocks of BV value columns).
@@ -298,9 +307,9 @@ def _chunk_state(
             z[n] <- the same with v = 1 (NORM), gtot[n] <- G_n the chunk's total log-gate.
     WITH_DO: dh[n] <- sum_heads (phi(q_t) exp(b_t))^T dnum_t (the chunk's pull on its start state),
              dz[n] <- the same with dden_t (NORM).
-    b is the in-chunk cumulative log-gate; every exponent is <= 0. The F x BV block of a program is
-    its accumulator (fp32 registers), so BV bounds the register use; z, dz and gtot come from the first
-    value block.
+    b is the in-chunk cumulative log-gate; every exponent is <= 0. The chunk is read in tiles of BC rows.
+    The F x BV block of a program is its accumulator (fp32 registers), so BV bounds the register use;
+    z, dz and gtot come from the first value block.
     """
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
@@ -308,44 +317,54 @@ def _chunk_state(
     pid_v = tl.program_id(2)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = pid_v * BV + tl.arange(0, BV)
-    t = n * BT + rows
-    tin = t < T
-    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
-    kraw = _load_rows(k_ptr, b * stride_kb + hk * stride_kh, t, T, stride_kt, cols, 0.0)
-    cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
     cidx = (b * HKV + hk) * NT + n
     hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
+    acc = tl.zeros((F, BV), dtype=tl.float32)
+    zacc = tl.zeros((F,), dtype=tl.float32)
+    dS = tl.zeros((F, BV), dtype=tl.float32)
+    dz = tl.zeros((F,), dtype=tl.float32)
+    before = _gate_zero(D, GATE)  # the chunk's log-gate before the current tile
+    for i in range(0, BT // BC):
+        t = n * BT + i * BC + rows
+        tin = t < T
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
+        kraw = _load_rows(k_ptr, b * stride_kb + hk * stride_kh, t, T, stride_kt, cols, 0.0)
+        cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+        if STATES:
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
+            vv = _load_rows(v_ptr, b * stride_vb + hk * stride_vh, t, T, stride_vt, vcols, 0.0)
+            kend = kf * tl.exp(total[None, :] - cum)
+            acc = acc * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
+            if NORM:
+                zacc = zacc * tl.exp(total) + tl.sum(kend, 0)
+        if WITH_DO:
+            e_cum = tl.exp(before[None, :] + cum)
+            for j in range(0, G):
+                h = hk * G + j
+                qt = _fmap(_load_rows(q_ptr, b * stride_qb + h * stride_qh, t, T, stride_qt, cols, 0.0), wq_ptr, h,
+                           cols, BC, D, FMAP, DT) * e_cum
+                do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0)
+                do = do * (valf * mix_lin)[:, None]
+                if NORM:
+                    rbase = (b * HKV * G + h) * T
+                    do = do * tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)[:, None]
+                    dz += tl.sum(qt * tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)[:, None], 0)
+                dS += _mm_wide(tl.trans(qt), do, DT, NORM)
+        before += total
     if STATES:
-        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
-        vv = _load_rows(v_ptr, b * stride_vb + hk * stride_vh, t, T, stride_vt, vcols, 0.0)
-        kend = kf * tl.exp(total[None, :] - cum)
-        tl.store(h_ptr + hidx, _mm(tl.trans(kend), vv, DT))
+        tl.store(h_ptr + hidx, acc)
         if pid_v == 0:
             if NORM:
-                tl.store(z_ptr + cidx * F + fcols, tl.sum(kend, 0))
+                tl.store(z_ptr + cidx * F + fcols, zacc)
             if GATE == 1:
-                tl.store(gtot_ptr + cidx * D + cols, total)
+                tl.store(gtot_ptr + cidx * D + cols, before)
             if GATE == 2:
-                tl.store(gtot_ptr + cidx + tl.arange(0, 1), total)
+                tl.store(gtot_ptr + cidx + tl.arange(0, 1), before)
     if WITH_DO:
-        e_cum = tl.exp(cum)
-        dS = tl.zeros((F, BV), dtype=tl.float32)
-        dz = tl.zeros((F,), dtype=tl.float32)
-        for j in range(0, G):
-            h = hk * G + j
-            qt = _fmap(_load_rows(q_ptr, b * stride_qb + h * stride_qh, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols,
-                       BT, D, FMAP, DT) * e_cum
-            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0)
-            do = do * (valf * mix_lin)[:, None]
-            if NORM:
-                rbase = (b * HKV * G + h) * T
-                do = do * tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)[:, None]
-                dz += tl.sum(qt * tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)[:, None], 0)
-            dS += _mm_wide(tl.trans(qt), do, DT, NORM)
         tl.store(dh_ptr + hidx, dS)
         if NORM:
             if pid_v == 0:
@@ -421,17 +440,17 @@ def _window_mix(h, alpha_ptr, mix_win, MIXP: tl.constexpr):
 
 @triton.jit
 def _window_online(qr, tq, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase, vbase, cbase, T,
-                   stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale, BT: tl.constexpr, BV: tl.constexpr,
+                   stride_kt, stride_vt, stride_ct, rows, cols, vcols, scale, BC: tl.constexpr, BV: tl.constexpr,
                    W: tl.constexpr, D: tl.constexpr, HAS_VALID: tl.constexpr, DT: tl.constexpr):
-    """Online softmax of the rotated query rows ``qr`` (the BT tokens ``tq`` of the chunk starting at ``t0``)
-    over the keys of their window, in blocks of BT keys: unnormalised output (BT, BV), denominator and row
+    """Online softmax of the rotated query rows ``qr`` (the BC tokens ``tq`` of the tile starting at ``t0``)
+    over the keys of their window, in blocks of BC keys: unnormalised output (BC, BV), denominator and row
     max (0 for a row that sees no key)."""
-    m_i = tl.full((BT,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BT,), dtype=tl.float32)
-    accw = tl.zeros((BT, BV), dtype=tl.float32)
-    lo = tl.maximum(t0 - W + 1, 0) // BT
-    for kb in range(lo, t0 // BT + 1):
-        s = kb * BT + rows
+    m_i = tl.full((BC,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BC,), dtype=tl.float32)
+    accw = tl.zeros((BC, BV), dtype=tl.float32)
+    lo = tl.maximum(t0 - W + 1, 0) // BC
+    for kb in range(lo, t0 // BC + 1):
+        s = kb * BC + rows
         valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
         kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
         vs = _load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)
@@ -459,14 +478,15 @@ def _hybrid_fwd(
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
     G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
-    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
-    FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
+    BC: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr,
+    GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr, NS: tl.constexpr, MIXP: tl.constexpr,
+    HAS_VALID: tl.constexpr,
 ):
     """Output of one chunk of BT tokens for all G query heads of a kv head; parallel over chunks.
 
-    The linear branch is the chunk's start state h[n] (from ``_chunk_scan``) read by the decayed queries
-    plus the in-chunk BT x BT attention; the window branch runs over the previous W keys in blocks of BT.
-    Every tile has BT rows (the key gate's in-chunk decay is factorised per sub-block inside ``_intra``).
+    The chunk is walked in tiles of BC rows. The linear branch is the state at the tile's start (from
+    ``_chunk_scan`` for the first tile, then stepped in registers) read by the decayed queries, plus the
+    tile's BC x BC in-tile attention; the window branch runs over the previous W keys in blocks of BC.
     """
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
@@ -474,7 +494,7 @@ def _hybrid_fwd(
     pid_v = tl.program_id(2)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = pid_v * BV + tl.arange(0, BV)
@@ -482,57 +502,64 @@ def _hybrid_fwd(
     vbase = b * stride_vb + hk * stride_vh
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
-    t0 = n * BT
-    t = t0 + rows
-    tin = t < T
-    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
-        # S and vv are dot operands (vv, exact in DT, is upcast where it meets fp32 math): held in DT, half the
-        # registers.
-        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :]).to(DT)
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        if BT == BC:  # not stepped: only a dot operand, held in DT (half the registers)
+            S = S.to(DT)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)
-        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
-        cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
-    for j in range(0, G):
-        h = hk * G + j
-        qbase = b * stride_qb + h * stride_qh
-        acc = tl.zeros((BT, BV), dtype=tl.float32)
+    for i in range(0, BT // BC):
+        t0 = n * BT + i * BC
+        t = t0 + rows
+        tin = t < T
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
         if HAS_LIN:
-            qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BT, D, FMAP, DT)
-            qt = qf * tl.exp(cum)
-            a = _intra(qf, kf, cum, causal, BT, GATE, DT)
-            lin = _mm(a, vv, DT) + _mm(qt, S, DT)
+            vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)  # a dot operand, exact in DT
+            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
+            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
+        for j in range(0, G):
+            h = hk * G + j
+            qbase = b * stride_qb + h * stride_qh
+            acc = tl.zeros((BC, BV), dtype=tl.float32)
+            if HAS_LIN:
+                qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BC, D, FMAP, DT)
+                qt = qf * tl.exp(cum)
+                a = _intra(qf, kf, cum, causal, BC, SUB, GATE, DT)
+                lin = _mm(a, vv, DT) + _mm(qt, S, DT)
+                if NORM:
+                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                    lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
+                acc += mix_lin * lin
+            if HAS_WIN:
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+                accw, l_i, m_fin = _window_online(qr, t, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase,
+                                                  vbase, cbase, T, stride_kt, stride_vt, stride_ct, rows, cols,
+                                                  vcols, scale, BC, BV, W, D, HAS_VALID, DT)
+                if NS > 0:
+                    # Sink logits join the denominator only (rescaled to the common maximum).
+                    sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
+                    m_all = tl.maximum(m_fin, tl.max(sk, 0))
+                    r = tl.exp(m_fin - m_all)
+                    l_i = l_i * r + tl.sum(tl.exp(sk[None, :] - m_all[:, None]), 1)
+                    accw = accw * r[:, None]
+                    m_fin = m_all
+                acc += mw * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
+                if pid_v == 0:
+                    rbase = (b * HKV * G + h) * T
+                    tl.store(m_ptr + rbase + t, m_fin, mask=tin)
+                    tl.store(den_ptr + rbase + t, l_i, mask=tin)
+            acc = acc * valf[:, None]
+            obase = b * stride_ob + h * stride_oh
+            tl.store(o_ptr + obase + t[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
+                     mask=tin[:, None])
+        if HAS_LIN and BT // BC > 1:
+            kend = kf * tl.exp(total[None, :] - cum)
+            S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
             if NORM:
-                dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
-                lin = lin * tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))[:, None]
-            acc += mix_lin * lin
-        if HAS_WIN:
-            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-            qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-            accw, l_i, m_fin = _window_online(qr, t, t0, b, valid_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kbase,
-                                              vbase, cbase, T, stride_kt, stride_vt, stride_ct, rows, cols,
-                                              vcols, scale, BT, BV, W, D, HAS_VALID, DT)
-            if NS > 0:
-                # Sink logits join the denominator only (rescaled to the common maximum).
-                sk = tl.load(sinks_ptr + h * NS + tl.arange(0, NS)).to(tl.float32)
-                m_all = tl.maximum(m_fin, tl.max(sk, 0))
-                r = tl.exp(m_fin - m_all)
-                l_i = l_i * r + tl.sum(tl.exp(sk[None, :] - m_all[:, None]), 1)
-                accw = accw * r[:, None]
-                m_fin = m_all
-            acc += mw * (accw / tl.where(l_i == 0.0, 1.0, l_i)[:, None])
-            if pid_v == 0:
-                rbase = (b * HKV * G + h) * T
-                tl.store(m_ptr + rbase + t, m_fin, mask=tin)
-                tl.store(den_ptr + rbase + t, l_i, mask=tin)
-        acc = acc * valf[:, None]
-        obase = b * stride_ob + h * stride_oh
-        tl.store(o_ptr + obase + t[:, None] * stride_ot + vcols[None, :], acc.to(o_ptr.dtype.element_ty),
-                 mask=tin[:, None])
+                Z = Z * tl.exp(total) + tl.sum(kend, 0)
 
 
 @triton.jit
@@ -553,11 +580,11 @@ def _hybrid_bwd_q(
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
-    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
-    NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    SUB: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    FMAP: tl.constexpr, NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dq for all G heads of one (chunk, batch, kv head); dq is laid out like q (contiguous).
+    """dq for all G heads of one (chunk, batch, kv head), in tiles of BC rows; dq is laid out like q.
 
     Also per row ``delta = do . o_win`` (unscaled by the mix), per token ``sum_heads phi(q) * dphi(q)``
     (gate gradient) and, normalised, per row 1 / (den + eps) and the denominator's gradient."""
@@ -566,7 +593,7 @@ def _hybrid_bwd_q(
     pid = tl.program_id(1)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = tl.arange(0, DV)
@@ -575,99 +602,108 @@ def _hybrid_bwd_q(
     cbase = b * stride_cb
     causal = rows[:, None] >= rows[None, :]
     strict = rows[:, None] > rows[None, :]
-    t0 = n * BT
-    t = t0 + rows
-    tin = t < T
-    valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
-        # S and vv are dot operands (vv, exact in DT, is upcast where it meets fp32 math): held in DT, half the
-        # registers.
-        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :]).to(DT)
+        S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
+        if BT == BC:  # not stepped: only a dot operand, held in DT (half the registers)
+            S = S.to(DT)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
-        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)
-        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
-        cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
-        if GATE == 1:
-            dlq = tl.zeros((BT, F), dtype=tl.float32)
-        if GATE == 2:
-            dlq = tl.zeros((BT,), dtype=tl.float32)
-    if HAS_WIN:
-        lo = tl.maximum(t0 - W + 1, 0) // BT
-    for j in range(0, G):
-        h = hk * G + j
-        qbase = b * stride_qb + h * stride_qh
-        rbase = (b * HKV * G + h) * T
-        do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
-        dq = tl.zeros((BT, D), dtype=tl.float32)
+    for i in range(0, BT // BC):
+        t0 = n * BT + i * BC
+        t = t0 + rows
+        tin = t < T
+        valf = _valid_rows(valid_ptr, b, t, T, HAS_VALID).to(tl.float32)
         if HAS_LIN:
-            qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
-            qf = _fmap(qraw, wq_ptr, h, cols, BT, D, FMAP, DT)
-            dnum = do * mix_lin
-            # Strictly causal part and diagonal apart (the per-head gate's ``dlq`` leaves the diagonal out: it
-            # cancels exactly against the key side; the key gate's cancels in fp32).
-            da = _mm(dnum, tl.trans(vv), DT)
-            dstate = _mm(dnum, tl.trans(S), DT)
-            diag = tl.sum(dnum * vv.to(tl.float32), 1)
-            e_cum = tl.exp(cum)
-            if NORM or GATE == 2:
-                a = _intra(qf, kf, cum, causal, BT, GATE, DT)
-            if NORM:
-                qt = qf * e_cum
-                dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
-                rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
-                # dnum . (linear numerator), from the dots above: sum_s a_ts da_ts + sum_f qt_tf dstate_tf.
-                dden = -(tl.sum(a * da, 1) + tl.sum(qt * dstate, 1)) * rinv * rinv
-                tl.store(rinv_ptr + rbase + t, rinv, mask=tin)
-                tl.store(dden_ptr + rbase + t, dden, mask=tin)
-                da = da * rinv[:, None] + dden[:, None]
-                dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
-                diag = diag * rinv + dden
-            da = tl.where(strict, da, 0.0)
-            dqf = _intra_left(da, kf, cum, strict, BT, GATE, DT, NORM) + dstate * e_cum + kf * diag[:, None]
+            # vv is a dot operand, exact in DT (upcast where it meets fp32 math): held in DT, half the registers.
+            vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)
+            kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
+            cum, total = _gate_cum(kraw, lg_ptr, (b * HKV + hk) * T, t, T, valf, gate_scale, GATE)
             if GATE == 1:
-                dlq += qf * dqf
+                dlq = tl.zeros((BC, F), dtype=tl.float32)
             if GATE == 2:
-                # Intra-chunk part as sum_s da_ts A_ts, from the same A and da as the key side's
-                # sum_t da_ts A_ts in _hybrid_bwd_kv, so the pair terms cancel exactly in the cumsum.
-                dlq += tl.sum(da * a, 1) + tl.sum(qf * e_cum * dstate, 1)
-            dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BT, D, FMAP, DT)
+                dlq = tl.zeros((BC,), dtype=tl.float32)
         if HAS_WIN:
-            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-            qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-            m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
-            den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
-            inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-            # delta = do . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
-            # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
-            delta = tl.zeros((BT,), dtype=tl.float32)
-            for kb in range(lo, n + 1):
-                s = kb * BT + rows
-                valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
-                p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
-                dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
-                delta += tl.sum(p * dp, 1)
-            tl.store(delta_ptr + rbase + t, delta, mask=tin)
-            dqr = tl.zeros((BT, D), dtype=tl.float32)
-            for kb in range(lo, n + 1):
-                s = kb * BT + rows
-                valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
-                kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
-                p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
-                dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
-                dqr += _mm(p * (dp - delta[:, None]), kr, DT)
-            dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-        dqbase = (b * HKV * G + h) * T * D
-        tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
-                 mask=tin[:, None])
-    if HAS_LIN:
-        if GATE == 1:
-            tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
-        if GATE == 2:
-            tl.store(dlq_ptr + (b * HKV + hk) * T + t, dlq, mask=tin)
+            lo = tl.maximum(t0 - W + 1, 0) // BC
+        for j in range(0, G):
+            h = hk * G + j
+            qbase = b * stride_qb + h * stride_qh
+            rbase = (b * HKV * G + h) * T
+            do = _load_rows(do_ptr, b * stride_ob + h * stride_oh, t, T, stride_ot, vcols, 0.0) * valf[:, None]
+            dq = tl.zeros((BC, D), dtype=tl.float32)
+            if HAS_LIN:
+                qraw = _load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0)
+                qf = _fmap(qraw, wq_ptr, h, cols, BC, D, FMAP, DT)
+                dnum = do * mix_lin
+                # Strictly causal part and diagonal apart (the per-head gate's ``dlq`` leaves the diagonal out:
+                # it cancels exactly against the key side; the key gate's cancels in fp32).
+                da = _mm(dnum, tl.trans(vv), DT)
+                dstate = _mm(dnum, tl.trans(S), DT)
+                diag = tl.sum(dnum * vv.to(tl.float32), 1)
+                e_cum = tl.exp(cum)
+                if NORM or GATE == 2:
+                    a = _intra(qf, kf, cum, causal, BC, SUB, GATE, DT)
+                if NORM:
+                    qt = qf * e_cum
+                    dn = tl.sum(a, 1) + tl.sum(qt * Z[None, :], 1) + eps
+                    rinv = tl.where(dn == 0.0, 0.0, 1.0 / tl.where(dn == 0.0, 1.0, dn))
+                    # dnum . (linear numerator), from the dots above: sum_s a_ts da_ts + sum_f qt_tf dstate_tf.
+                    dden = -(tl.sum(a * da, 1) + tl.sum(qt * dstate, 1)) * rinv * rinv
+                    tl.store(rinv_ptr + rbase + t, rinv, mask=tin)
+                    tl.store(dden_ptr + rbase + t, dden, mask=tin)
+                    da = da * rinv[:, None] + dden[:, None]
+                    dstate = dstate * rinv[:, None] + dden[:, None] * Z[None, :]
+                    diag = diag * rinv + dden
+                da = tl.where(strict, da, 0.0)
+                dqf = (_intra_left(da, kf, cum, strict, BC, SUB, GATE, DT, NORM) + dstate * e_cum
+                       + kf * diag[:, None])
+                if GATE == 1:
+                    dlq += qf * dqf
+                if GATE == 2:
+                    # Intra-tile part as sum_s da_ts A_ts, from the same A and da as the key side's
+                    # sum_t da_ts A_ts in _hybrid_bwd_kv, so the pair terms cancel exactly in the cumsum.
+                    dlq += tl.sum(da * a, 1) + tl.sum(qf * e_cum * dstate, 1)
+                dq += _fmap_bwd(qraw, dqf, wq_ptr, dwq_ptr, h, cols, BC, D, FMAP, DT)
+            if HAS_WIN:
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                qr = _rope_rows(q_ptr, qbase, t, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+                m = tl.load(m_ptr + rbase + t, mask=tin, other=0.0)
+                den = tl.load(den_ptr + rbase + t, mask=tin, other=0.0)
+                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
+                # delta = do . o_win, taken as sum_s P_ts dP_ts: the same dP values as below, so
+                # dP - delta vanishes exactly where it should (e.g. a row that sees one key).
+                delta = tl.zeros((BC,), dtype=tl.float32)
+                for kb in range(lo, t0 // BC + 1):
+                    s = kb * BC + rows
+                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                    kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
+                    dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
+                    delta += tl.sum(p * dp, 1)
+                tl.store(delta_ptr + rbase + t, delta, mask=tin)
+                dqr = tl.zeros((BC, D), dtype=tl.float32)
+                for kb in range(lo, t0 // BC + 1):
+                    s = kb * BC + rows
+                    valid_s = _valid_rows(valid_ptr, b, s, T, HAS_VALID)
+                    kr = _rope_rows(k_ptr, kbase, s, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+                    p = _window_block_probs(qr, kr, t, s, valid_s, m, inv_den, scale, W, DT)
+                    dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
+                    dqr += _mm(p * (dp - delta[:, None]), kr, DT)
+                dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+            dqbase = (b * HKV * G + h) * T * D
+            tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
+                     mask=tin[:, None])
+        if HAS_LIN:
+            if GATE == 1:
+                tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
+            if GATE == 2:
+                tl.store(dlq_ptr + (b * HKV + hk) * T + t, dlq, mask=tin)
+            if BT // BC > 1:
+                kend = kf * tl.exp(total[None, :] - cum)
+                S = S * tl.exp(total)[:, None] + _mm(tl.trans(kend), vv, DT)
+                if NORM:
+                    Z = Z * tl.exp(total) + tl.sum(kend, 0)
 
 
 @triton.jit
@@ -681,22 +717,23 @@ def _hybrid_bwd_kv(
     stride_ob, stride_oh, stride_ot,
     stride_cb, stride_ct,
     T, HKV, NT, scale, gate_scale, mix_lin, mix_win, eps,
-    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-    W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr,
-    NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    SUB: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
+    FMAP: tl.constexpr, NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dk, dv (and the log-gate gradient) of one (chunk, batch, kv head).
+    """dk, dv (and the log-gate gradient) of one (chunk, batch, kv head), tiles of BC rows walked backwards.
 
-    Starts from dh[n] (gradient w.r.t. the state at the chunk's end, from ``_chunk_scan``). The gate
-    gradient is a reverse cumulative sum of ``phi(q) dphi(q) - phi(k) dphi(k)`` within the chunk;
-    everything after the chunk sums to ``sum_v S_{n+1} * dS_{n+1}`` (scaling the state at the boundary),
-    so no cross-chunk pass is needed. dk/dv contiguous (B, Hkv, T, D)."""
+    Starts from dh[n] (gradient w.r.t. the state at the chunk's end, from ``_chunk_scan``), stepped back
+    through the tiles in registers. The gate gradient is a reverse cumulative sum of
+    ``phi(q) dphi(q) - phi(k) dphi(k)`` within the chunk; everything after the chunk sums to
+    ``sum_v S_{n+1} * dS_{n+1}`` (scaling the state at the boundary), so no cross-chunk pass is needed.
+    dk/dv contiguous (B, Hkv, T, D)."""
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
     pid = tl.program_id(1)
     b = (pid // HKV).to(tl.int64)
     hk = (pid % HKV).to(tl.int64)
-    rows = tl.arange(0, BT)
+    rows = tl.arange(0, BC)
     cols = tl.arange(0, D)
     fcols = tl.arange(0, F)
     vcols = tl.arange(0, DV)
@@ -706,15 +743,7 @@ def _hybrid_bwd_kv(
     lgbase = (b * HKV + hk) * T
     causal = rows[:, None] >= rows[None, :]
     strict = rows[:, None] > rows[None, :]
-    t0 = n * BT
-    t = t0 + rows
-    tin = t < T
-    valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
-    valf = valid_t.to(tl.float32)
-    vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)  # exact in DT
-    kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
-    dv = tl.zeros((BT, DV), dtype=tl.float32)
-    dk = tl.zeros((BT, D), dtype=tl.float32)
+    NBC = tl.cdiv(T, BC)
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
         hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
@@ -723,91 +752,116 @@ def _hybrid_bwd_kv(
             dZ = tl.load(dz_ptr + cidx * F + fcols)
         if GATE != 0:
             if n + 1 < NT:  # all pairs across the chunk's end: sum S_end * dS_end (per key dim for the key gate)
-                cvec = tl.sum(tl.load(h_ptr + hidx + F * DV) * dS, 1)
+                carry = tl.sum(tl.load(h_ptr + hidx + F * DV) * dS, 1)
                 if NORM:
-                    cvec += tl.load(z_ptr + (cidx + 1) * F + fcols) * dZ
+                    carry += tl.load(z_ptr + (cidx + 1) * F + fcols) * dZ
             else:
-                cvec = tl.zeros((F,), dtype=tl.float32)
+                carry = tl.zeros((F,), dtype=tl.float32)
             if GATE == 2:
-                boundary = tl.sum(cvec, 0)
-        kf = _fmap(kraw, wk_ptr, hk, cols, BT, D, FMAP, DT) * valf[:, None]
-        cum, total = _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
-        e_end = tl.exp(total[None, :] - cum)
-        if GATE == 2:
-            dsv = _mm_split(vv, tl.trans(dS), DT, NORM)
-        else:
-            dsv = _mm_wide(vv, tl.trans(dS), DT, NORM)
-        if NORM:
-            dsv += dZ[None, :]
-        dkf = e_end * dsv
-        if GATE == 2:
-            krow = tl.sum(kf * dkf, 1)
-        dv += _mm_wide(kf * e_end, dS, DT, NORM)
-    if HAS_WIN:
-        kr = _rope_rows(k_ptr, kbase, t, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
-        dkr = tl.zeros((BT, D), dtype=tl.float32)
-        q_hi = tl.minimum(NT, n + (W + BT - 2) // BT + 1)
-    for j in range(0, G):
-        h = hk * G + j
-        qbase = b * stride_qb + h * stride_qh
-        obase = b * stride_ob + h * stride_oh
-        rbase = (b * HKV * G + h) * T
+                boundary = tl.sum(carry, 0)
+    for ii in range(0, BT // BC):
+        i = BT // BC - 1 - ii
+        t0 = n * BT + i * BC
+        t = t0 + rows
+        tin = t < T
+        valid_t = _valid_rows(valid_ptr, b, t, T, HAS_VALID)
+        valf = valid_t.to(tl.float32)
+        vv = _load_rows(v_ptr, vbase, t, T, stride_vt, vcols, 0.0).to(DT)  # exact in DT
+        kraw = _load_rows(k_ptr, kbase, t, T, stride_kt, cols, 0.0)
+        dv = tl.zeros((BC, DV), dtype=tl.float32)
+        dk = tl.zeros((BC, D), dtype=tl.float32)
         if HAS_LIN:
-            qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BT, D, FMAP, DT)
-            dnum = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
-            a = _intra(qf, kf, cum, causal, BT, GATE, DT)
-            da = _mm(dnum, tl.trans(vv), DT)
-            diag = tl.sum(dnum * vv.to(tl.float32), 1)
-            if NORM:
-                rinv = tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)
-                dden = tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)
-                dnum = dnum * rinv[:, None]
-                da = da * rinv[:, None] + dden[:, None]
-                diag = diag * rinv + dden
-            dv += _mm_wide(tl.trans(a), dnum, DT, NORM)
-            da = tl.where(strict, da, 0.0)
-            dkc = _intra_right(da, qf, cum, strict, BT, GATE, DT, NORM)
-            dkf += dkc + qf * diag[:, None]
+            kf = _fmap(kraw, wk_ptr, hk, cols, BC, D, FMAP, DT) * valf[:, None]
+            cum, total = _gate_cum(kraw, lg_ptr, lgbase, t, T, valf, gate_scale, GATE)
+            e_end = tl.exp(total[None, :] - cum)
             if GATE == 2:
-                krow += tl.sum(da * a, 0)
+                dsv = _mm_split(vv, tl.trans(dS), DT, NORM)
+            else:
+                dsv = _mm_wide(vv, tl.trans(dS), DT, NORM)
+            if NORM:
+                dsv += dZ[None, :]
+            dkf = e_end * dsv
+            if GATE == 2:
+                krow = tl.sum(kf * dkf, 1)
+            dv += _mm_wide(kf * e_end, dS, DT, NORM)
+            if BT // BC > 1:  # gradient w.r.t. the state at the end of the previous tile
+                dS_prev = dS * tl.exp(total)[:, None]
+                if NORM:
+                    dZ_prev = dZ * tl.exp(total)
         if HAS_WIN:
-            mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
-            for qb in range(n, q_hi):
-                tq = qb * BT + rows
-                tqin = tq < T
-                valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
-                qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
-                do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mw)[:, None]
-                rq = rbase + tq
-                m = tl.load(m_ptr + rq, mask=tqin, other=0.0)
-                den = tl.load(den_ptr + rq, mask=tqin, other=0.0)
-                delta = tl.load(delta_ptr + rq, mask=tqin, other=0.0) * mw
-                inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
-                p = _window_block_probs(qr, kr, tq, t, valid_t, m, inv_den, scale, W, DT)
-                dv += _mm(tl.trans(p), do_w, DT)
-                dp = _mm(do_w, tl.trans(vv), DT)
-                dkr += _mm(tl.trans(p * (dp - delta[:, None])), qr, DT)
-    if HAS_LIN:
-        if GATE == 1:
-            dlam = tl.load(dlq_ptr + lgbase * F + t[:, None] * F + fcols[None, :], mask=tin[:, None],
-                           other=0.0) - kf * dkf
-        dk += _fmap_bwd(kraw, dkf * valf[:, None], wk_ptr, dwk_ptr, hk, cols, BT, D, FMAP, DT)
-        if GATE == 1:
-            dg = tl.cumsum(dlam, 0, reverse=True) + cvec[None, :]
-            sig_neg = 1.0 / (1.0 + tl.exp(kraw))
-            dk += dg * sig_neg * (valf / gate_scale)[:, None]
-        if GATE == 2:
-            # Per-head gate: per-token terms, plus at the chunk's last token the pairs across its end;
-            # the caller's reverse cumulative sum runs within each chunk. (A sequence-long cumulative
-            # sum of the per-token terms instead cancels their state parts over the whole sequence:
-            # bf16 rounding then grows with T, to a 0.7 relative error at T = 2k on an H100.)
-            dlam = (tl.load(dlq_ptr + lgbase + t, mask=tin, other=0.0) - krow) * valf
-            dlam += tl.where(t == t0 + BT - 1, boundary, 0.0)
-            tl.store(dlg_ptr + lgbase + t, dlam, mask=tin)
-    if HAS_WIN:
-        dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-    dkv_base = (b * HKV + hk) * T
-    tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
-             mask=tin[:, None])
-    tl.store(dv_ptr + (dkv_base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty),
-             mask=tin[:, None])
+            kr = _rope_rows(k_ptr, kbase, t, T, stride_kt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D).to(DT)
+            dkr = tl.zeros((BC, D), dtype=tl.float32)
+            q_hi = tl.minimum(NBC, t0 // BC + (W + BC - 2) // BC + 1)
+        for j in range(0, G):
+            h = hk * G + j
+            qbase = b * stride_qb + h * stride_qh
+            obase = b * stride_ob + h * stride_oh
+            rbase = (b * HKV * G + h) * T
+            if HAS_LIN:
+                qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BC, D, FMAP, DT)
+                dnum = _load_rows(do_ptr, obase, t, T, stride_ot, vcols, 0.0) * (valf * mix_lin)[:, None]
+                a = _intra(qf, kf, cum, causal, BC, SUB, GATE, DT)
+                da = _mm(dnum, tl.trans(vv), DT)
+                diag = tl.sum(dnum * vv.to(tl.float32), 1)
+                if NORM:
+                    rinv = tl.load(rinv_ptr + rbase + t, mask=tin, other=0.0)
+                    dden = tl.load(dden_ptr + rbase + t, mask=tin, other=0.0)
+                    dnum = dnum * rinv[:, None]
+                    da = da * rinv[:, None] + dden[:, None]
+                    diag = diag * rinv + dden
+                dv += _mm_wide(tl.trans(a), dnum, DT, NORM)
+                da = tl.where(strict, da, 0.0)
+                dkf += _intra_right(da, qf, cum, strict, BC, SUB, GATE, DT, NORM) + qf * diag[:, None]
+                if GATE == 2:
+                    krow += tl.sum(da * a, 0)
+                if BT // BC > 1:
+                    qt = qf * tl.exp(cum)
+                    dS_prev += _mm_wide(tl.trans(qt), dnum, DT, NORM)
+                    if NORM:
+                        dZ_prev += tl.sum(qt * dden[:, None], 0)
+            if HAS_WIN:
+                mw = _window_mix(h, alpha_ptr, mix_win, MIXP)
+                for qb in range(t0 // BC, q_hi):
+                    tq = qb * BC + rows
+                    tqin = tq < T
+                    valq = _valid_rows(valid_ptr, b, tq, T, HAS_VALID).to(tl.float32)
+                    qr = _rope_rows(q_ptr, qbase, tq, T, stride_qt, cols, cos_ptr, sin_ptr, cbase, stride_ct, D)
+                    do_w = _load_rows(do_ptr, obase, tq, T, stride_ot, vcols, 0.0) * (valq * mw)[:, None]
+                    rq = rbase + tq
+                    m = tl.load(m_ptr + rq, mask=tqin, other=0.0)
+                    den = tl.load(den_ptr + rq, mask=tqin, other=0.0)
+                    delta = tl.load(delta_ptr + rq, mask=tqin, other=0.0) * mw
+                    inv_den = tl.where(den == 0.0, 0.0, 1.0 / tl.where(den == 0.0, 1.0, den))
+                    p = _window_block_probs(qr, kr, tq, t, valid_t, m, inv_den, scale, W, DT)
+                    dv += _mm(tl.trans(p), do_w, DT)
+                    dp = _mm(do_w, tl.trans(vv), DT)
+                    dkr += _mm(tl.trans(p * (dp - delta[:, None])), qr, DT)
+        if HAS_LIN:
+            if GATE == 1:
+                dlam = tl.load(dlq_ptr + lgbase * F + t[:, None] * F + fcols[None, :], mask=tin[:, None],
+                               other=0.0) - kf * dkf
+            dk += _fmap_bwd(kraw, dkf * valf[:, None], wk_ptr, dwk_ptr, hk, cols, BC, D, FMAP, DT)
+            if GATE == 1:
+                dg = tl.cumsum(dlam, 0, reverse=True) + carry[None, :]
+                sig_neg = 1.0 / (1.0 + tl.exp(kraw))
+                dk += dg * sig_neg * (valf / gate_scale)[:, None]
+                carry += tl.sum(dlam, 0)
+            if GATE == 2:
+                # Per-head gate: per-token terms, plus at the chunk's last token the pairs across its end;
+                # the caller's reverse cumulative sum runs within each chunk. (A sequence-long cumulative
+                # sum of the per-token terms instead cancels their state parts over the whole sequence:
+                # bf16 rounding then grows with T, to a 0.7 relative error at T = 2k on an H100.)
+                dlam = (tl.load(dlq_ptr + lgbase + t, mask=tin, other=0.0) - krow) * valf
+                dlam += tl.where(t == n * BT + BT - 1, boundary, 0.0)
+                tl.store(dlg_ptr + lgbase + t, dlam, mask=tin)
+            if BT // BC > 1:
+                dS = dS_prev
+                if NORM:
+                    dZ = dZ_prev
+        if HAS_WIN:
+            dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
+        dkv_base = (b * HKV + hk) * T
+        tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
+                 mask=tin[:, None])
+        tl.store(dv_ptr + (dkv_base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty),
+                 mask=tin[:, None])

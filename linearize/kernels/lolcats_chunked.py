@@ -358,7 +358,7 @@ def _linear_states(q, k, v, valid, wq, wk, cfg, do=None, rinv=None, dden=None):
     _chunk_state[(NT, B * HKV, DV // cfg["state"]["BV"])](
         q, k, v, valid if valid is not None else dummy, do_t, dummy, wq, wk,
         rinv if grads else dummy, dden if grads else dummy, *hz, dummy, *_strides(q, k, v, do_t),
-        T, HKV, NT, 1.0, 1.0, G=H // HKV, D=D, F=F, DV=DV, BT=BT, GATE=0, FMAP=1, NORM=True,
+        T, HKV, NT, 1.0, 1.0, G=H // HKV, D=D, F=F, DV=DV, BT=BT, BC=BT, GATE=0, FMAP=1, NORM=True,
         HAS_VALID=valid is not None, STATES=not grads, WITH_DO=grads, **cfg["state"],
     )
     _chunk_scan[(B * HKV, F // cfg["scan"]["BK"], 1)](
