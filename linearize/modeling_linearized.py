@@ -97,10 +97,8 @@ class LinearizedAttention(nn.Module):
         use_kernel = self.attention_mode != "teacher" and self._use_kernel(q_raw)
         # The kernel rotates inside; the reference and the teacher path take rotated q/k.
         q_rope, k_rope = (None, None) if use_kernel else apply_rope(q_raw, cos, sin), apply_rope(k_raw, cos, sin)
-        padding = kwargs.get(PADDING_MASK_KWARG)
-        key_valid = padding[:, -T:].bool() if padding is not None and padding.dim() == 2 else None
-        if key_valid is not None and bool(key_valid.all()):
-            key_valid = None
+        padding = kwargs.get(PADDING_MASK_KWARG)  # bool (B, past + T), only when some token is padding
+        key_valid = padding[:, -T:] if padding is not None else None
 
         if self.attention_mode == "teacher":
             out = self.core.teacher_output(q_rope, k_rope, v, self.scaling, key_valid, self.softcap, self.teacher_window)
@@ -166,7 +164,11 @@ class LinearizedMixin:
             kwargs["cache"] = LinearizedCache(self.config)
         kwargs["use_cache"] = use_cache
         if attention_mask is not None and attention_mask.dim() == 2:
-            kwargs[PADDING_MASK_KWARG] = attention_mask
+            # Checked once per forward, not in every layer: ``bool(...)`` waits for the GPU (HF checks the
+            # same for SDPA). Without padding no mask at all, so the teacher's SDPA keeps its flash kernel.
+            valid = attention_mask.bool()
+            if not bool(valid.all()):
+                kwargs[PADDING_MASK_KWARG] = valid
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):

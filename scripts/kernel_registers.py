@@ -9,8 +9,9 @@ on. ptxas (bundled with Triton) reports registers, stack frame and spills; share
 allocation (the launch fails with OutOfResources above the block limit).
 Argument dtypes are what the kernels see in training: activations (q, k, v, cos, sin, outputs, their
 gradients) and the hedgehog weights in ``--dtype`` (bf16 by default; the launchers cast the weights to
-it), log-gates, alpha, sinks, window factors, states and per-row statistics fp32, masks int8. The dot
-operand dtype follows the activations, so ``--dtype fp32`` shows what fp32 inputs need.
+it), log-gates, alpha, sinks, window factors, states and per-row statistics fp32, masks int8 (training /
+prefill) or bool (decode). The dot operand dtype follows the activations, so ``--dtype fp32`` shows what fp32
+inputs need.
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
         [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json]
@@ -56,9 +57,10 @@ G, T, HKV = 4, 2048, 8
 # In the activation dtype: inputs, outputs, their gradients, and the hedgehog weights (the training / prefill
 # launchers cast them, ``_dot_weights``; decode reads a bf16 model's own).
 ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk"}
-MASKS = {"valid", "step_valid", "wvalid_new", "wvalid_old"}
+MASKS = {"valid"}  # int8, as the training / prefill launchers convert key_valid
+BOOLS = {"kv", "wvalid_new", "wvalid_old"}  # the decode kernels read the model's bool masks in place
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
-INTS = {"T": T, "HKV": HKV, "NT": T // 64}
+INTS = {"T": T, "HKV": HKV, "NT": T // 64, "kv_last": T - 1}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}  # opt-in max per block
 
@@ -85,6 +87,8 @@ def _ptr_dtype(name, act):
         return act
     if stem in MASKS:
         return torch.int8
+    if stem in BOOLS:
+        return torch.bool
     if stem == "arg":
         return torch.int32
     return torch.float32
@@ -134,7 +138,8 @@ def launches(spec, D, dtype=torch.bfloat16):
                 ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
                 ("_chunk_scan", "bwd", scan, {"FIRST": 1}, sc_o),
                 ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o),
-                ("_lolcats_decode", "decode", dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=spec.window), {},
+                ("_lolcats_decode", "decode", dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=spec.window,
+                                                   HAS_KV=True), {},
                  {"num_warps": _decode_warps(2 * spec.window, D)})]
         return out
     f = _flags(spec)
@@ -160,7 +165,7 @@ def launches(spec, D, dtype=torch.bfloat16):
             ("_hybrid_bwd_q", "bwd", meta, {}, bw_o),
             ("_hybrid_bwd_kv", "bwd", meta, {}, bw_o)]
     dec = dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
-               GATE=f.gate, FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp)
+               GATE=f.gate, FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, HAS_KV=True)
     out.append(("_hybrid_decode", "decode", dec, {}, {"num_warps": _decode_warps(W, D)}))
     return out
 

@@ -384,6 +384,14 @@ def _decode_warps(W: int, D: int) -> int:
     return 8 if W * D >= 16384 else 4
 
 
+def _last_column(key_valid) -> tuple[int, int]:
+    """(batch stride, offset of the last column) of the key-validity mask, which the decode kernels read in
+    place for this step's token; (0, 0) without a mask."""
+    if key_valid is None:
+        return 0, 0
+    return key_valid.stride(0), (key_valid.shape[1] - 1) * key_valid.stride(1)
+
+
 def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
     """One decode step (T = 1) through ``_hybrid_decode``: new state tensors in the reference's layout."""
     spec = core.spec
@@ -392,14 +400,12 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
     G, DV = H // HKV, v.shape[-1]
     f = _flags(spec)
     P = _state_params(core, hidden)
-    step_valid = (key_valid[:, -1] if key_valid is not None else torch.ones(B, dtype=torch.bool, device=q.device))
-    step_valid = step_valid.to(torch.int8).contiguous()
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
     cos, sin, scb, _ = _cos_sin(cos, sin, B, 1, D)
     o = torch.empty(B, H, 1, DV, device=q.device, dtype=v.dtype)
     new_state = {}
     dummy = o
-    s_old = s_new = kb = vb = kb_new = vb_new = wvalid = dummy
+    s_old = s_new = kb = vb = kb_new = vb_new = wvalid_old = wvalid_new = dummy
     W = 1
     if f.has_lin:
         s_old = state["linear"].float().contiguous()
@@ -409,19 +415,19 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         W = spec.window
         kb, vb = state["k"].contiguous(), state["v"].contiguous()
         kb_new, vb_new = torch.empty_like(kb), torch.empty_like(vb)
-        wvalid_b = torch.cat([state["valid"][:, 1:], step_valid.bool()[:, None]], dim=1)
-        wvalid = wvalid_b.to(torch.int8).contiguous()
-        new_state.update(k=kb_new, v=vb_new, valid=wvalid_b)
+        wvalid_old = state["valid"].contiguous()
+        wvalid_new = torch.empty_like(wvalid_old)
+        new_state.update(k=kb_new, v=vb_new, valid=wvalid_new)
     BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
     num_warps = _decode_warps(W, D)
     _hybrid_decode[(B * HKV, DV // BV)](
-        q, k, v, cos, sin, step_valid, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
-        _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid, o,
+        q, k, v, cos, sin, _ptr(key_valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
+        _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid_old, wvalid_new, o,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb,
-        o.stride(0), o.stride(1),
+        o.stride(0), o.stride(1), *_last_column(key_valid),
         HKV, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         G=G, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate,
-        FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, num_warps=num_warps,
+        FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, HAS_KV=key_valid is not None, num_warps=num_warps,
     )
     return o, new_state
 
@@ -464,6 +470,10 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
         return _reference(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
     spec = core.spec
     B, H, T, D = q_raw.shape
+    if T == 1 and state is not None:
+        if spec.shared:
+            return _decode_lolcats(core, q_raw, k_raw, v, cos, sin, key_valid, scale, state)
+        return _decode(core, q_raw, k_raw, v, cos, sin, hidden, key_valid, scale, state)
     valid = key_valid.to(torch.int8).contiguous() if key_valid is not None else None
     if state is None and spec.shared:
         cos_t, sin_t, _, _ = _cos_sin(cos, sin, B, T, D)
@@ -476,10 +486,6 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
         learned = _learned_inputs(core, hidden)
         out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale, *learned)
         return out, None
-    if T == 1:
-        if spec.shared:
-            return _decode_lolcats(core, q_raw, k_raw, v, cos, sin, key_valid, scale, state)
-        return _decode(core, q_raw, k_raw, v, cos, sin, hidden, key_valid, scale, state)
     # Prefill into a fresh state (checked: empty window buffer, no grad).
     if spec.shared:
         return _prefill_lolcats(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, state)
@@ -541,25 +547,24 @@ def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
     spec = core.spec
     B, H, _, D = q.shape
     HKV, DV, W = k.shape[1], v.shape[-1], spec.window
-    step_valid = key_valid[:, -1] if key_valid is not None else torch.ones(B, dtype=torch.bool, device=q.device)
-    wvalid_b = torch.cat([state["valid"][:, 1:], step_valid.bool()[:, None]], dim=1)
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
     cos, sin, scb, _ = _cos_sin(cos, sin, B, 1, D)
     o = torch.empty(B, H, 1, DV, device=q.device, dtype=v.dtype)
     s_old = state["linear"].float().contiguous()
     kb, vb, fb = state["k"].contiguous(), state["v"].contiguous(), state["kfeat"].float().contiguous()
+    wvalid_old = state["valid"].contiguous()
     new_state = dict(linear=torch.empty_like(s_old), k=torch.empty_like(kb), v=torch.empty_like(vb),
-                     valid=wvalid_b, kfeat=torch.empty_like(fb))
+                     valid=torch.empty_like(wvalid_old), kfeat=torch.empty_like(fb))
     BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
     # Warps as for a window twice as long: the W x F feature buffer is shifted beside the W x D window.
     with torch.no_grad():
         _lolcats_decode[(B * HKV, DV // BV)](
-            q, k, v, cos, sin, step_valid.to(torch.int8).contiguous(), core.feature_map_q.weight,
+            q, k, v, cos, sin, key_valid if key_valid is not None else o, core.feature_map_q.weight,
             core.feature_map_k.weight, core.window_factor, s_old, new_state["linear"], kb, vb, fb, new_state["k"],
-            new_state["v"], new_state["kfeat"], state["valid"].to(torch.int8).contiguous(),
-            wvalid_b.to(torch.int8).contiguous(), o,
+            new_state["v"], new_state["kfeat"], wvalid_old, new_state["valid"], o,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb, o.stride(0),
-            o.stride(1), HKV, float(scale),
-            G=H // HKV, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, num_warps=_decode_warps(2 * W, D),
+            o.stride(1), *_last_column(key_valid), HKV, float(scale),
+            G=H // HKV, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, HAS_KV=key_valid is not None,
+            num_warps=_decode_warps(2 * W, D),
         )
     return o, new_state

@@ -70,14 +70,36 @@ def _shift_window(kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, buf, kr, vnew,
 
 
 @triton.jit
+def _step_valid(kv_ptr, b, stride_kvb, kv_last, HAS_KV: tl.constexpr):
+    """1.0 when this step's token is real: the key-validity mask's last column, read in place (1.0 without a
+    mask), so that no per-step torch op converts or slices the mask."""
+    if HAS_KV:
+        return (tl.load(kv_ptr + b * stride_kvb + kv_last) != 0).to(tl.float32)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _shift_valid(old_ptr, new_ptr, b, valf, W: tl.constexpr, WRITE):
+    """The window's validity one step on (oldest slot out, this step's in as the last), from the old (B, W)
+    bool buffer; ``WRITE``: this program writes the new buffer (one per batch row)."""
+    wrows = tl.arange(0, W)
+    last = wrows == W - 1
+    ok = tl.where(last, valf != 0.0, tl.load(old_ptr + b * W + wrows + 1, mask=~last, other=0) != 0)
+    if WRITE:
+        tl.store(new_ptr + b * W + wrows, ok)
+    return ok
+
+
+@triton.jit
 def _hybrid_decode(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
-    s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, wvalid_new_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kv_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr, sinks_ptr,
+    s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, wvalid_old_ptr, wvalid_new_ptr, o_ptr,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb, stride_ob, stride_oh,
-    HKV, scale, gate_scale, mix_lin, mix_win, eps,
+    stride_kvb, kv_last, HKV, scale, gate_scale, mix_lin, mix_win, eps,
     G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, W: tl.constexpr,
     HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr, FMAP: tl.constexpr, NORM: tl.constexpr,
-    NS: tl.constexpr, MIXP: tl.constexpr,
+    NS: tl.constexpr, MIXP: tl.constexpr, HAS_KV: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -85,7 +107,7 @@ def _hybrid_decode(
     hk = (pid % HKV).to(tl.int64)
     cols = tl.arange(0, D)
     vcols = pid_v * BV + tl.arange(0, BV)
-    valf = (tl.load(step_valid_ptr + b) != 0).to(tl.float32)
+    valf = _step_valid(kv_ptr, b, stride_kvb, kv_last, HAS_KV)
     kp = k_ptr + b * stride_kb + hk * stride_kh
     vnew = tl.load(v_ptr + b * stride_vb + hk * stride_vh + vcols).to(tl.float32)
     cp = cos_ptr + b * stride_cb
@@ -136,7 +158,7 @@ def _hybrid_decode(
     if HAS_WIN:
         kwin, vwin = _shift_window(kbuf_ptr, vbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, (b * HKV + hk) * W * D,
                                    _rope_vec(kp, cp, sp, cols, D), vnew, pid_v, cols, vcols, W, D)
-        wvalid = tl.load(wvalid_new_ptr + b * W + tl.arange(0, W)) != 0
+        wvalid = _shift_valid(wvalid_old_ptr, wvalid_new_ptr, b, valf, W, (hk == 0) & (pid_v == 0))
     for j in range(0, G):
         h = hk * G + j
         qp = q_ptr + b * stride_qb + h * stride_qh
@@ -177,12 +199,13 @@ def _hybrid_decode(
 
 @triton.jit
 def _lolcats_decode(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, step_valid_ptr, wq_ptr, wk_ptr, wf_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, kv_ptr, wq_ptr, wk_ptr, wf_ptr,
     s_ptr, s_new_ptr, kbuf_ptr, vbuf_ptr, fbuf_ptr, kbuf_new_ptr, vbuf_new_ptr, fbuf_new_ptr,
     wvalid_old_ptr, wvalid_new_ptr, o_ptr,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_cb, stride_ob, stride_oh,
-    HKV, scale,
+    stride_kvb, kv_last, HKV, scale,
     G: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr, BD: tl.constexpr, W: tl.constexpr,
+    HAS_KV: tl.constexpr,
 ):
     """LoLCATs step (``mix: shared``): the key leaving the window (its hedgehog features kept in the
     feature buffer, its value in the window buffer) joins the linear state S (F x (Dv + 1), the last
@@ -201,7 +224,7 @@ def _lolcats_decode(
     last = (wrows == W - 1)[:, None]
     F: tl.constexpr = 2 * D
     SW: tl.constexpr = DV + 1
-    valf = (tl.load(step_valid_ptr + b) != 0).to(tl.float32)
+    valf = _step_valid(kv_ptr, b, stride_kvb, kv_last, HAS_KV)
     kp = k_ptr + b * stride_kb + hk * stride_kh
     vnew = tl.load(v_ptr + b * stride_vb + hk * stride_vh + vcols).to(tl.float32)
     cp = cos_ptr + b * stride_cb
@@ -233,7 +256,7 @@ def _lolcats_decode(
         fnew = fbuf + wrows[:, None] * F + cols[None, :]
         tl.store(fbuf_new_ptr + fnew, fa)
         tl.store(fbuf_new_ptr + fnew + D, fb)
-    wvalid = tl.load(wvalid_new_ptr + b * W + wrows) != 0
+    wvalid = _shift_valid(wvalid_old_ptr, wvalid_new_ptr, b, valf, W, (hk == 0) & (pid_v == 0))
     for j in range(0, G):
         h = hk * G + j
         qp = q_ptr + b * stride_qb + h * stride_qh
