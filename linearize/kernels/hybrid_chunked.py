@@ -17,21 +17,24 @@ Forward (3 launches):
 * ``_chunk_scan`` (grid B*Hkv x D/BK): the inter-chunk recurrence, in place -> start state per chunk.
 * ``_hybrid_fwd`` (grid chunks x B*Hkv x Dv/BV): output of a chunk (linear branch from the chunk's
   start state, window branch over the previous W keys, mix) and per row the window max / denominator.
+  The chunk's states are F x Dv (F = D, or 2D for hedgehog maps).
 Backward (4 launches): ``_chunk_state`` again with the output gradient (states and each chunk's pull on
 its start state), ``_chunk_scan`` (forward for states, backward for state gradients, one launch),
 ``_hybrid_bwd_q`` (dq, delta, gate term) and ``_hybrid_bwd_kv`` (dk, dv, gate gradient), both parallel
 over chunks.
 
-Every tile has the BT rows of one chunk: the in-chunk attention is one BT x BT matrix, and the window
-branch walks its keys in blocks of BT. Numerics: with a per-head gate (or none) the in-chunk decay
-``exp(b_t - b_s)`` is exact. The key gate's decay differs per key dimension, so it is factorised, per
-sub-block of SUB = 16 query rows, at the sub-block's first row r: ``exp(b_t - b_r) * exp(b_r - b_s)``
+A chunk of BT tokens is walked in tiles of BC rows (``_blocks`` in ``__init__.py``; on GPU one tile per
+chunk): the in-tile attention is one BC x BC matrix, the state is stepped in registers from tile to tile,
+and the window branch walks its keys in blocks of BC. Numerics: with a per-head gate (or none) the in-tile
+decay ``exp(b_t - b_s)`` is exact. The key gate's decay differs per key dimension, so it is factorised, per
+sub-block of SUB query rows (16 on GPU), at the row r before the sub-block: ``exp(b_t - b_r) * exp(b_r - b_s)``
 (``_key_sub``). The largest exponent is ``SUB * max|g|``: fp32 overflow would need ``|k_raw|`` to average
 > 80 over 16 tokens. Chunk-level summaries only use exponents <= 0.
 ``tl.dot`` takes its operands in the input dtype (``_mm``: bf16 / fp16 tensor cores and half the staged
 shared memory of fp32; fp32 inputs keep fp32 dots) and accumulates in fp32; states, decays, softmax
-statistics and accumulators stay fp32. The key gate's factorised terms (beyond fp16's range from
-``e^11`` on) take fp32 dots with fp16 inputs.
+statistics and accumulators stay fp32; tiles that only feed dots are held in the input dtype and upcast
+where they meet fp32 math. The key gate's factorised terms (beyond fp16's range from ``e^11`` on) take
+fp32 dots with fp16 inputs.
 """
 
 from __future__ import annotations
