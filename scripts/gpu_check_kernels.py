@@ -652,7 +652,10 @@ def with_launch(change):
 
     def launch(f, D, cuda, dtype=torch.bfloat16):
         cfg = BASE_LAUNCH(f, D, cuda, dtype)
+        F = 2 * D if f.fmap else D
         for key, upd in (change if isinstance(change, dict) else {}).items():
+            # value / feature blocks at most the head's (the smoke run's D = 32 is below the sweep's 64 / 128)
+            upd = {k: min(x, F if k == "BK" else D) if k in ("BV", "BK") else x for k, x in upd.items()}
             cfg[key] = {**cfg[key], **upd}
         return cfg
 
