@@ -559,7 +559,7 @@ def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
     # Warps as for a window twice as long: the W x F feature buffer is shifted beside the W x D window.
     with torch.no_grad():
         _lolcats_decode[(B * HKV, DV // BV)](
-            q, k, v, cos, sin, key_valid if key_valid is not None else o, core.feature_map_q.weight,
+            q, k, v, cos, sin, _ptr(key_valid, o), core.feature_map_q.weight,
             core.feature_map_k.weight, core.window_factor, s_old, new_state["linear"], kb, vb, fb, new_state["k"],
             new_state["v"], new_state["kfeat"], wvalid_old, new_state["valid"], o,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb, o.stride(0),

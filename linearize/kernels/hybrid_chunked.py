@@ -528,7 +528,7 @@ def _hybrid_fwd(
             acc = tl.zeros((BC, BV), dtype=tl.float32)
             if HAS_LIN:
                 qf = _fmap(_load_rows(q_ptr, qbase, t, T, stride_qt, cols, 0.0), wq_ptr, h, cols, BC, D, FMAP, DT)
-                qt = qf * tl.exp(cum)
+                qt = qf * tl.exp(cum)  # exp(cum) per head: held across heads it would cost a tile of registers
                 a = _intra(qf, kf, cum, causal, BC, SUB, GATE, DT)
                 lin = _mm(a, vv, DT) + _mm(qt, S, DT)
                 if NORM:
@@ -644,7 +644,7 @@ def _hybrid_bwd_q(
                 da = _mm(dnum, tl.trans(vv), DT)
                 dstate = _mm(dnum, tl.trans(S), DT)
                 diag = tl.sum(dnum * vv.to(tl.float32), 1)
-                e_cum = tl.exp(cum)
+                e_cum = tl.exp(cum)  # per head, as in the forward (registers)
                 if NORM or GATE == 2:
                     a = _intra(qf, kf, cum, causal, BC, SUB, GATE, DT)
                 if NORM:
