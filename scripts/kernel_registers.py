@@ -9,9 +9,10 @@ on. ptxas (bundled with Triton) reports registers, stack frame and spills; share
 allocation (the launch fails with OutOfResources above the block limit).
 Argument dtypes are what the kernels see in training: activations (q, k, v, cos, sin, outputs, their
 gradients) and the hedgehog weights in ``--dtype`` (bf16 by default; the launchers cast the weights to
-it), log-gates, alpha, sinks, window factors, states and per-row statistics fp32, masks int8 (training /
-prefill) or bool (decode). The dot operand dtype follows the activations, so ``--dtype fp32`` shows what fp32
-inputs need.
+it), chunk states and their gradients in ``chunk_state_dtype`` (bf16 with bf16 activations, except under
+the learned gate), log-gates, alpha, sinks, window factors, decoding states and per-row statistics fp32,
+masks int8 (training / prefill) or bool (decode). The dot operand dtype follows the activations, so
+``--dtype fp32`` shows what fp32 inputs need.
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
         [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json]
@@ -47,6 +48,7 @@ from linearize.kernels import _blocks, _decode_warps, _flags, _launch, _meta  # 
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
+from linearize.kernels.hybrid_chunked import chunk_state_dtype  # noqa: E402
 from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
@@ -57,6 +59,7 @@ G, T, HKV = 4, 2048, 8
 # In the activation dtype: inputs, outputs, their gradients, and the hedgehog weights (the training / prefill
 # launchers cast them, ``_dot_weights``; decode reads a bf16 model's own).
 ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk"}
+STATES = {"h", "dh"}  # chunk states and their gradients: ``chunk_state_dtype``
 MASKS = {"valid"}  # int8, as the training / prefill launchers convert key_valid
 BOOLS = {"kv", "wvalid_new", "wvalid_old"}  # the decode kernels read the model's bool masks in place
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
@@ -81,10 +84,12 @@ class _StubDriver:
         return 0
 
 
-def _ptr_dtype(name, act):
+def _ptr_dtype(name, act, state):
     stem = name[:-4]
     if stem in ACT:
         return act
+    if stem in STATES:
+        return state
     if stem in MASKS:
         return torch.int8
     if stem in BOOLS:
@@ -94,15 +99,16 @@ def _ptr_dtype(name, act):
     return torch.float32
 
 
-def _args(kernel, ints, act):
+def _args(kernel, ints, act, constexprs):
     """Positional runtime arguments: pointer dtypes by name; strides are multiples of 16 as in the
     real layouts (Triton specialises ints on divisibility by 16)."""
+    state = chunk_state_dtype(act, exact=constexprs.get("GATE") == 2 or constexprs.get("STORE_ST", False))
     out = []
     for p in kernel.params:
         if p.is_constexpr:
             continue
         if p.name.endswith("_ptr"):
-            out.append(_ptr_dtype(p.name, act))
+            out.append(_ptr_dtype(p.name, act, state))
         elif p.name in FLOATS:
             out.append(0.5)
         elif p.name.startswith("stride_"):
@@ -190,7 +196,8 @@ def compile_one(job):
         saved = os.dup(2)  # the compiler's C++ diagnostics go to fd 2: keep them for the error message
         os.dup2(err.fileno(), 2)
         try:
-            compiled = kernel.warmup(*_args(kernel, ints, DTYPES[act]), grid=(1,), **options, **constexprs)
+            compiled = kernel.warmup(*_args(kernel, ints, DTYPES[act], constexprs), grid=(1,), **options,
+                                      **constexprs)
         except Exception as e:  # noqa: BLE001
             failure = e
         finally:

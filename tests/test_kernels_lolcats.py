@@ -63,6 +63,9 @@ def test_lolcats_fp32(T, window, D, H, HKV, pad, strided):
     out, grads = _run(core, q, k, v, cos, sin, hidden, scale, key_valid, do, kernel=True)
     ref, ref_grads = _run(core, q, k, v, cos, sin, hidden, scale, key_valid, do, kernel=False)
     assert out.shape == (B, H, T, D) and out.dtype == v.dtype
+    if strided:  # output and gradients in the model's layout (no copy on either side)
+        assert out.transpose(1, 2).is_contiguous()
+        assert all(grads[n].stride() == x.stride() for n, x in zip("qkv", (q, k, v)))
     assert _rel(out, ref) <= 1e-4
     for name, g in grads.items():
         if name == "window_factor" and T <= window:

@@ -42,7 +42,9 @@ try:
     import triton
 
     from .decode import _hybrid_decode, _lolcats_decode
-    from .hybrid_chunked import _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd
+    from .hybrid_chunked import (
+        _chunk_scan, _chunk_state, _hybrid_bwd_kv, _hybrid_bwd_q, _hybrid_fwd, chunk_state_dtype
+    )
     from .lolcats_chunked import LolcatsAttentionFunction, lolcats_config
 
     HAS_TRITON = True
@@ -229,8 +231,9 @@ def _dot_weights(P: _Params, dtype: torch.dtype) -> _Params:
 
 def _chunk_states(q, k, v, valid, spec, f, blk, P, states=True, do=None, rinv=None, dden=None, bufs=None,
                   s0=None, want_state=False):
-    """Chunk start states h (B, Hkv, NT, F, Dv) and z (B, Hkv, NT, F) (fp32, normalised only) and/or,
-    with ``do``, the gradients w.r.t. each chunk's end state (same shapes); final state if asked."""
+    """Chunk start states h (B, Hkv, NT, F, Dv) in ``chunk_state_dtype`` and z (B, Hkv, NT, F) (fp32,
+    normalised only) and/or, with ``do``, the gradients w.r.t. each chunk's end state (same shapes and
+    dtypes); the final state (fp32) if asked."""
     B, H, T, D = q.shape
     HKV, DV = k.shape[1], v.shape[-1]
     F = 2 * D if f.fmap else D
@@ -238,7 +241,7 @@ def _chunk_states(q, k, v, valid, spec, f, blk, P, states=True, do=None, rinv=No
     dev = q.device
     dummy = torch.empty(1, device=dev, dtype=torch.float32)
     if bufs is None:
-        h = torch.empty(B, HKV, NT, F, DV, device=dev, dtype=torch.float32)
+        h = torch.empty(B, HKV, NT, F, DV, device=dev, dtype=chunk_state_dtype(q.dtype, f.gate == 2 or want_state))
         z = torch.empty(B, HKV, NT, F, device=dev, dtype=torch.float32) if f.norm else dummy
         gtot = torch.empty(B, HKV, NT, D if f.gate == 1 else 1, device=dev, dtype=torch.float32) if f.gate else dummy
     else:
@@ -277,7 +280,7 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     cfg = _launch(f, D, cuda, q.dtype)["fwd"]
     P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
-    o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
+    o = torch.empty_like(q, dtype=v.dtype)  # q's layout (DV == D): see the module docstring of hybrid_chunked
     m = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
     den = torch.empty_like(m)
     h = z = st = None
@@ -323,9 +326,7 @@ class HybridAttentionFunction(torch.autograd.Function):
         NT = triton.cdiv(T, BT)
         cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
         dev = q.device
-        dq = torch.empty(B, H, T, D, device=dev, dtype=q.dtype)
-        dk = torch.empty(B, HKV, T, D, device=dev, dtype=k.dtype)
-        dv = torch.empty(B, HKV, T, DV, device=dev, dtype=v.dtype)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # the inputs' layouts
         delta = torch.empty(B, H, T, device=dev, dtype=torch.float32)
         dummy = delta
         # Per token: the q side of the gate gradient, per key dim (key gate) or summed (per-head gate).
@@ -354,12 +355,12 @@ class HybridAttentionFunction(torch.autograd.Function):
         ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(PK.lg, dummy), _ptr(PK.wq, dummy), _ptr(PK.wk, dummy),
                _ptr(PK.alpha, dummy))
         grid = (NT, B * HKV)
-        _hybrid_bwd_q[grid](*ins, do, m, den, h, z, dq, delta, dlq, rinv, dden, dwq, *common, **meta)
+        _hybrid_bwd_q[grid](*ins, do, m, den, h, z, dq, delta, dlq, rinv, dden, dwq, *_strides(dq), *common, **meta)
         if f.has_lin and f.norm:
             _, (dh, dz), _ = _chunk_states(q, k, v, valid, spec, f, blk, PK, states=False, do=do, rinv=rinv,
                                            dden=dden, bufs=bufs)
         _hybrid_bwd_kv[grid](*ins, do, m, den, delta, dlq, rinv, dden, h, z, dh, dz, dk, dv, dlg, dwk,
-                             *common, **meta)
+                             *_strides(dk, dv), *common, **meta)
         grads = [None] * 5
         if f.gate == 2:  # reverse cumulative sum within each chunk (the kernel added the cross-chunk part)
             chunks = torch.nn.functional.pad(dlg, (0, NT * BT - T)).view(B, HKV, NT, BT)

@@ -6,11 +6,14 @@ Reference these kernels are tested against: ``HybridAttentionCore._chunked``
 
 Everything is computed from the raw (pre-RoPE) q/k and v inside the kernels: feature maps,
 gate, cumulative gates, RoPE, both branches and the mix are never written to memory. The only
-intermediate tensors are the chunk-level linear states (fp32, one D x Dv matrix per chunk of BT
-tokens and kv head, plus the chunk's total log-gate), as in flash-linear-attention's chunk_gla.
+intermediate tensors are the chunk-level linear states (one F x Dv matrix per chunk of BT tokens and
+kv head, plus the chunk's total log-gate), as in flash-linear-attention's chunk_gla: accumulated in fp32,
+stored in ``chunk_state_dtype`` (bf16 for bf16 inputs; loaded back to fp32 wherever they meet fp32 math).
 The G query heads of a kv head are handled inside one program, so the GQA repeat never exists.
-Layout (strides are passed, nothing is made contiguous):
-q (B, H, T, D), k/v (B, Hkv, T, D), cos/sin (B or 1, T, D), key_valid (B, T).
+Layout (strides are passed, nothing is made contiguous): q (B, H, T, D), k/v (B, Hkv, T, D), cos/sin (B or
+1, T, D), key_valid (B, T); the output and the gradients are written through their own strides, so the
+launchers allocate them like q / k / v (a model's (B, T, H, D) projections seen as (B, H, T, D)) and
+neither the model's reshape of the output nor autograd's gradient layout needs a copy.
 
 Forward (3 launches):
 * ``_chunk_state`` (grid chunks x B*Hkv x Dv/BV): each chunk's contribution to the state and its total gate.
@@ -41,12 +44,27 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
 # The interpreter's tl.dot on bf16 operands is wrong (numpy has no bf16); there the operands are rounded
 # to bf16 and multiplied in fp32 instead, which gives the same numbers.
 _EMULATE_BF16_DOT = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+def chunk_state_dtype(act_dtype, exact: bool = False):
+    """Storage dtype of the chunk states and of their gradients (both accumulated in fp32).
+
+    bf16 inputs store them in bf16, as flash-linear-attention's chunk_gla does by default: they feed bf16
+    dots, so the bf16 rounding happens there anyway (the key gate's boundary term ``sum S * dS`` is the one
+    fp32 use), and they are most of the layer's training memory above its inputs and outputs
+    (scripts/layer_memory.py). fp16 and fp32 inputs keep fp32 (over long sequences the states can pass
+    fp16's range), and so does ``exact``: the learned gate, whose backward splits the state gradient into
+    two bf16 halves for an fp32-accurate dot (``_mm_split``) so that its per-token terms cancel, and a
+    prefill, whose final decoding state the scan sums from the stored chunk contributions (bf16 ones
+    doubled its error against the fp32 reference, 3.4e-3 -> 6.1e-3 at T = 320)."""
+    return torch.bfloat16 if (act_dtype == torch.bfloat16 and not exact) else torch.float32
 
 
 @triton.jit
@@ -410,7 +428,7 @@ def _chunk_scan(
     for i in range(0, NT):
         n = tl.where(mode == 0, i, NT - 1 - i)
         c = pid * NT + n
-        L = tl.load(sp + c * F * DV + idx)
+        L = tl.load(sp + c * F * DV + idx).to(tl.float32)
         tl.store(sp + c * F * DV + idx, S)
         if NORM:
             Lz = tl.load(zp + c * F + krows)
@@ -510,6 +528,8 @@ def _hybrid_fwd(
         S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
         if BT == BC:  # not stepped: only a dot operand, held in DT (half the registers)
             S = S.to(DT)
+        else:
+            S = S.to(tl.float32)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
     for i in range(0, BT // BC):
@@ -577,6 +597,7 @@ def _hybrid_bwd_q(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr,
     do_ptr, m_ptr, den_ptr, h_ptr, z_ptr,
     dq_ptr, delta_ptr, dlq_ptr, rinv_ptr, dden_ptr, dwq_ptr,
+    stride_dqb, stride_dqh, stride_dqt,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
@@ -587,7 +608,7 @@ def _hybrid_bwd_q(
     SUB: tl.constexpr, W: tl.constexpr, HAS_LIN: tl.constexpr, HAS_WIN: tl.constexpr, GATE: tl.constexpr,
     FMAP: tl.constexpr, NORM: tl.constexpr, MIXP: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dq for all G heads of one (chunk, batch, kv head), in tiles of BC rows; dq is laid out like q.
+    """dq for all G heads of one (chunk, batch, kv head), in tiles of BC rows; dq through its own strides.
 
     Also per row ``delta = do . o_win`` (unscaled by the mix), per token ``sum_heads phi(q) * dphi(q)``
     (gate gradient) and, normalised, per row 1 / (den + eps) and the denominator's gradient."""
@@ -610,6 +631,8 @@ def _hybrid_bwd_q(
         S = tl.load(h_ptr + cidx * F * DV + fcols[:, None] * DV + vcols[None, :])
         if BT == BC:  # not stepped: only a dot operand, held in DT (half the registers)
             S = S.to(DT)
+        else:
+            S = S.to(tl.float32)
         if NORM:
             Z = tl.load(z_ptr + cidx * F + fcols)
     for i in range(0, BT // BC):
@@ -694,9 +717,8 @@ def _hybrid_bwd_q(
                     dp = _mm(do, tl.trans(_load_rows(v_ptr, vbase, s, T, stride_vt, vcols, 0.0)), DT)
                     dqr += _mm(p * (dp - delta[:, None]), kr, DT)
                 dq += _rope_grad(dqr * (scale * mw), cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
-            dqbase = (b * HKV * G + h) * T * D
-            tl.store(dq_ptr + dqbase + t[:, None] * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
-                     mask=tin[:, None])
+            tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + t[:, None] * stride_dqt + cols[None, :],
+                     dq.to(dq_ptr.dtype.element_ty), mask=tin[:, None])
         if HAS_LIN:
             if GATE == 1:
                 tl.store(dlq_ptr + (b * HKV + hk) * T * F + t[:, None] * F + fcols[None, :], dlq, mask=tin[:, None])
@@ -714,6 +736,8 @@ def _hybrid_bwd_kv(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, lg_ptr, wq_ptr, wk_ptr, alpha_ptr,
     do_ptr, m_ptr, den_ptr, delta_ptr, dlq_ptr, rinv_ptr, dden_ptr, h_ptr, z_ptr, dh_ptr, dz_ptr,
     dk_ptr, dv_ptr, dlg_ptr, dwk_ptr,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
@@ -730,7 +754,7 @@ def _hybrid_bwd_kv(
     through the tiles in registers. The gate gradient is a reverse cumulative sum of
     ``phi(q) dphi(q) - phi(k) dphi(k)`` within the chunk; everything after the chunk sums to
     ``sum_v S_{n+1} * dS_{n+1}`` (scaling the state at the boundary), so no cross-chunk pass is needed.
-    dk/dv contiguous (B, Hkv, T, D)."""
+    dk / dv through their own strides."""
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
     pid = tl.program_id(1)
@@ -750,12 +774,12 @@ def _hybrid_bwd_kv(
     if HAS_LIN:
         cidx = (b * HKV + hk) * NT + n
         hidx = cidx * F * DV + fcols[:, None] * DV + vcols[None, :]
-        dS = tl.load(dh_ptr + hidx)
+        dS = tl.load(dh_ptr + hidx).to(tl.float32)
         if NORM:
             dZ = tl.load(dz_ptr + cidx * F + fcols)
         if GATE != 0:
             if n + 1 < NT:  # all pairs across the chunk's end: sum S_end * dS_end (per key dim for the key gate)
-                carry = tl.sum(tl.load(h_ptr + hidx + F * DV) * dS, 1)
+                carry = tl.sum(tl.load(h_ptr + hidx + F * DV).to(tl.float32) * dS, 1)
                 if NORM:
                     carry += tl.load(z_ptr + (cidx + 1) * F + fcols) * dZ
             else:
@@ -863,8 +887,7 @@ def _hybrid_bwd_kv(
                     dZ = dZ_prev
         if HAS_WIN:
             dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BC, D)
-        dkv_base = (b * HKV + hk) * T
-        tl.store(dk_ptr + (dkv_base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty),
-                 mask=tin[:, None])
-        tl.store(dv_ptr + (dkv_base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty),
-                 mask=tin[:, None])
+        tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + t[:, None] * stride_dkt + cols[None, :],
+                 dk.to(dk_ptr.dtype.element_ty), mask=tin[:, None])
+        tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + t[:, None] * stride_dvt + vcols[None, :],
+                 dv.to(dv_ptr.dtype.element_ty), mask=tin[:, None])

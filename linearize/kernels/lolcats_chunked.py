@@ -43,6 +43,7 @@ from .hybrid_chunked import (
     _rope_grad,
     _valid_rows,
     _window_block_probs,
+    chunk_state_dtype,
 )
 
 
@@ -155,6 +156,7 @@ def _lolcats_bwd_q(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, wq_ptr, wk_ptr, wf_ptr, h_ptr, z_ptr,
     do_ptr, m_ptr, arg_ptr, den_ptr,
     dq_ptr, rinv_ptr, delta_ptr, dden_ptr, dm_ptr, dwq_ptr,
+    stride_dqb, stride_dqh, stride_dqt,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
@@ -164,7 +166,7 @@ def _lolcats_bwd_q(
     G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
     W: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dq (contiguous, like q) and dW_q for the G heads of one (chunk, batch, kv head); per row
+    """dq (through its own strides) and dW_q for the G heads of one (chunk, batch, kv head); per row
     r = 1/den, delta = dO.o, dden = -r delta (the linear pull on the denominator) and dc."""
     DT: tl.constexpr = q_ptr.dtype.element_ty
     n = tl.program_id(0)
@@ -232,8 +234,8 @@ def _lolcats_bwd_q(
             _, ds = _window_ds(qr, kr, do, vs, t, s, valid_s, m, pw, delta, arg, dm, scale, W, DT)
             dqr += _mm(ds, kr, DT)
         dq += _rope_grad(dqr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-        tl.store(dq_ptr + (rbase + t[:, None]) * D + cols[None, :], dq.to(dq_ptr.dtype.element_ty),
-                 mask=tin[:, None])
+        tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + t[:, None] * stride_dqt + cols[None, :],
+                 dq.to(dq_ptr.dtype.element_ty), mask=tin[:, None])
 
 
 @triton.jit
@@ -241,6 +243,8 @@ def _lolcats_bwd_kv(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, valid_ptr, wq_ptr, wk_ptr, wf_ptr, dh_ptr, dz_ptr,
     do_ptr, m_ptr, arg_ptr, rinv_ptr, delta_ptr, dden_ptr, dm_ptr,
     dk_ptr, dv_ptr, dwk_ptr,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
@@ -250,7 +254,7 @@ def _lolcats_bwd_kv(
     G: tl.constexpr, D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
     W: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    """dk, dv (contiguous (B, Hkv, T, D)) and dW_k of one key chunk n: linear part through the end-state
+    """dk, dv (through their own strides) and dW_k of one key chunk n: linear part through the end-state
     gradient of query chunk n + W/BT (all later queries) plus that chunk's causal intra term; window
     part over the query blocks that see these keys."""
     DT: tl.constexpr = q_ptr.dtype.element_ty
@@ -316,9 +320,10 @@ def _lolcats_bwd_kv(
             dkr += _mm(tl.trans(ds), qr, DT)
     dk = _fmap_bwd(kraw, dkf * valf[:, None], wk_ptr, dwk_ptr, hk, cols, BT, D, 1, DT)
     dk += _rope_grad(dkr * scale, cos_ptr, sin_ptr, cbase, t, T, stride_ct, cols, BT, D)
-    base = (b * HKV + hk) * T
-    tl.store(dk_ptr + (base + t[:, None]) * D + cols[None, :], dk.to(dk_ptr.dtype.element_ty), mask=tin[:, None])
-    tl.store(dv_ptr + (base + t[:, None]) * DV + vcols[None, :], dv.to(dv_ptr.dtype.element_ty), mask=tin[:, None])
+    tl.store(dk_ptr + b * stride_dkb + hk * stride_dkh + t[:, None] * stride_dkt + cols[None, :],
+             dk.to(dk_ptr.dtype.element_ty), mask=tin[:, None])
+    tl.store(dv_ptr + b * stride_dvb + hk * stride_dvh + t[:, None] * stride_dvt + vcols[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=tin[:, None])
 
 
 def _strides(*tensors):
@@ -342,7 +347,8 @@ def lolcats_config(D: int, device_is_cuda: bool) -> dict:
 
 
 def _linear_states(q, k, v, valid, wq, wk, cfg, do=None, rinv=None, dden=None):
-    """Chunk start states (h (B, Hkv, NT, F, Dv), z (B, Hkv, NT, F), fp32) of the masked phi(k) and v;
+    """Chunk start states (h (B, Hkv, NT, F, Dv) in ``chunk_state_dtype``, z (B, Hkv, NT, F) fp32) of the
+    masked phi(k) and v;
     with ``do``, instead the gradient w.r.t. each chunk's end state from the pulls phi(q)^T r dO and
     phi(q) dden."""
     B, H, T, D = q.shape
@@ -350,7 +356,7 @@ def _linear_states(q, k, v, valid, wq, wk, cfg, do=None, rinv=None, dden=None):
     BT = cfg["BT"]
     NT = triton.cdiv(T, BT)
     dummy = torch.empty(1, device=q.device, dtype=torch.float32)
-    x = torch.empty(B, HKV, NT, F, DV, device=q.device, dtype=torch.float32)
+    x = torch.empty(B, HKV, NT, F, DV, device=q.device, dtype=chunk_state_dtype(q.dtype))
     xz = torch.empty(B, HKV, NT, F, device=q.device, dtype=torch.float32)
     grads = do is not None
     hz = (dummy, dummy, x, xz) if grads else (x, xz, dummy, dummy)
@@ -387,7 +393,7 @@ class LolcatsAttentionFunction(torch.autograd.Function):
         HKV, DV = k.shape[1], v.shape[-1]
         NT = triton.cdiv(T, cfg["BT"])
         h, z = _linear_states(q, k, v, valid, wq, wk, cfg)
-        o = torch.empty(B, H, T, DV, device=q.device, dtype=v.dtype)
+        o = torch.empty_like(q, dtype=v.dtype)  # q's layout (DV == D), see hybrid_chunked's docstring
         m = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         den = torch.empty_like(m)
         arg = torch.empty(B, H, T, device=q.device, dtype=torch.int32)
@@ -410,9 +416,7 @@ class LolcatsAttentionFunction(torch.autograd.Function):
         HKV, DV = k.shape[1], v.shape[-1]
         NT = triton.cdiv(T, BT)
         h, z = _linear_states(q, k, v, valid, wq, wk, cfg)
-        dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
-        dk = torch.empty(B, HKV, T, D, device=q.device, dtype=k.dtype)
-        dv = torch.empty(B, HKV, T, DV, device=q.device, dtype=v.dtype)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)  # the inputs' layouts
         rinv, delta, dden, dm = (torch.empty_like(m) for _ in range(4))
         dwq = torch.zeros(wq.shape, device=q.device, dtype=torch.float32)
         dwk = torch.zeros(wk.shape, device=q.device, dtype=torch.float32)
@@ -420,9 +424,11 @@ class LolcatsAttentionFunction(torch.autograd.Function):
         common = (*_strides(q, k, v, do), *_cos_strides(cos), T, HKV, NT, ctx.scale)
         meta = dict(G=H // HKV, D=D, F=2 * D, DV=DV, BT=BT, W=ctx.window, HAS_VALID=valid is not None, **cfg["bwd"])
         ins = (q, k, v, cos, sin, valid_t, wq, wk, wf)
-        _lolcats_bwd_q[(NT, B * HKV)](*ins, h, z, do, m, arg, den, dq, rinv, delta, dden, dm, dwq, *common, **meta)
+        _lolcats_bwd_q[(NT, B * HKV)](*ins, h, z, do, m, arg, den, dq, rinv, delta, dden, dm, dwq, *_strides(dq),
+                                      *common, **meta)
         dh, dz = _linear_states(q, k, v, valid, wq, wk, cfg, do=do, rinv=rinv, dden=dden)
-        _lolcats_bwd_kv[(NT, B * HKV)](*ins, dh, dz, do, m, arg, rinv, delta, dden, dm, dk, dv, dwk, *common, **meta)
+        _lolcats_bwd_kv[(NT, B * HKV)](*ins, dh, dz, do, m, arg, rinv, delta, dden, dm, dk, dv, dwk, *_strides(dk, dv),
+                                      *common, **meta)
         dwf = -(1.0 - torch.sigmoid(wf.float())) * dm.sum(dim=(0, 2))
         return (dq, dk, dv, None, None, None, dwq.to(ctx.w_dtype), dwk.to(ctx.w_dtype), dwf.to(wf.dtype), None,
                 None, None)
