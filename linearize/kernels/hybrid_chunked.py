@@ -393,18 +393,38 @@ def _chunk_state(
 
 
 @triton.jit
+def _scan_inputs(sp, zp, gtot_ptr, c, idx, krows, F: tl.constexpr, DV: tl.constexpr, D: tl.constexpr,
+                 BK: tl.constexpr, GATE: tl.constexpr, NORM: tl.constexpr):
+    """What the scan reads for chunk c: its F x Dv summary (BK rows, in the stored dtype: held so while in
+    flight), its z summary (NORM) and its total log-gate per row (zeros without a gate)."""
+    L = tl.load(sp + c * F * DV + idx)
+    Lz = tl.zeros((BK,), dtype=tl.float32)
+    g = tl.zeros((BK,), dtype=tl.float32)
+    if NORM:
+        Lz = tl.load(zp + c * F + krows)
+    if GATE == 1:
+        g = tl.load(gtot_ptr + c * D + krows)
+    if GATE == 2:
+        g = tl.load(gtot_ptr + c + krows * 0)
+    return L, Lz, g
+
+
+@triton.jit
 def _chunk_scan(
     h_ptr, z_ptr, dh_ptr, dz_ptr, gtot_ptr, s0_ptr, st_ptr, NT, FIRST,
     D: tl.constexpr, F: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr,
     GATE: tl.constexpr, NORM: tl.constexpr, HAS_S0: tl.constexpr, STORE_ST: tl.constexpr,
 ):
-    """Inter-chunk recurrence over the chunk summaries, in place (fp32).
+    """Inter-chunk recurrence over the chunk summaries, in place (accumulated in fp32).
 
     mode 0 (program_id(2) + FIRST): h[n] (chunk contribution) -> state at the start of chunk n
         (S_0 = s0; S_{n+1} = exp(G_n) S_n + h[n]); the final state goes to ``st``. Same for z.
     mode 1: dh[n] (chunk's pull) -> gradient w.r.t. the state at the END of chunk n
         (X_{NT-1} = 0; X_{n-1} = dh[n] + exp(G_n) X_n). Same for dz.
-    Parallel over (batch * kv head, blocks of BK feature rows); each program walks the chunks.
+    Parallel over (batch * kv head, blocks of BK feature rows); each program walks the chunks, so its time
+    is NT steps of one dependent load each (1024 at T = 32k): the loads run two chunks ahead of the
+    recurrence (three in flight instead of one; nothing else hides their latency in so few programs). A
+    chunk's slot is read two steps before the step that overwrites it, by the thread that writes it.
     ``s0`` / ``st`` are in the decoding state's layout: F x Dv, or F x (Dv + 1) with z as the last column.
     """
     pid = tl.program_id(0).to(tl.int64)
@@ -425,25 +445,24 @@ def _chunk_scan(
                 Z += tl.load(s0_ptr + sbase + DV)
     else:
         sp, zp = dh_ptr, dz_ptr
+    first = pid * NT + tl.where(mode == 0, 0, NT - 1)
+    step = tl.where(mode == 0, 1, -1)
+    last = tl.maximum(NT - 1, 0)
+    L0, Lz0, g0 = _scan_inputs(sp, zp, gtot_ptr, first, idx, krows, F, DV, D, BK, GATE, NORM)
+    L1, Lz1, g1 = _scan_inputs(sp, zp, gtot_ptr, first + step * tl.minimum(1, last), idx, krows, F, DV, D, BK,
+                               GATE, NORM)
     for i in range(0, NT):
-        n = tl.where(mode == 0, i, NT - 1 - i)
-        c = pid * NT + n
-        L = tl.load(sp + c * F * DV + idx).to(tl.float32)
+        c = first + step * i
+        L2, Lz2, g2 = _scan_inputs(sp, zp, gtot_ptr, first + step * tl.minimum(i + 2, last), idx, krows, F, DV, D,
+                                   BK, GATE, NORM)
         tl.store(sp + c * F * DV + idx, S)
         if NORM:
-            Lz = tl.load(zp + c * F + krows)
             tl.store(zp + c * F + krows, Z)
-        if GATE == 1:
-            e = tl.exp(tl.load(gtot_ptr + c * D + krows))
-            S = S * e[:, None]
-            Z = Z * e
-        if GATE == 2:
-            e1 = tl.exp(tl.load(gtot_ptr + c))
-            S = S * e1
-            Z = Z * e1
-        S = S + L
-        if NORM:
-            Z = Z + Lz
+        e = tl.exp(g0)
+        S = S * e[:, None] + L0.to(tl.float32)
+        Z = Z * e + Lz0
+        L0, Lz0, g0 = L1, Lz1, g1
+        L1, Lz1, g1 = L2, Lz2, g2
     if STORE_ST:
         if mode == 0:
             tl.store(st_ptr + sbase[:, None] + vcols[None, :], S)
