@@ -421,10 +421,10 @@ def _chunk_scan(
         (S_0 = s0; S_{n+1} = exp(G_n) S_n + h[n]); the final state goes to ``st``. Same for z.
     mode 1: dh[n] (chunk's pull) -> gradient w.r.t. the state at the END of chunk n
         (X_{NT-1} = 0; X_{n-1} = dh[n] + exp(G_n) X_n). Same for dz.
-    Parallel over (batch * kv head, blocks of BK feature rows); each program walks the chunks, so its time
-    is NT steps of one dependent load each (1024 at T = 32k): the loads run two chunks ahead of the
-    recurrence (three in flight instead of one; nothing else hides their latency in so few programs). A
-    chunk's slot is read two steps before the step that overwrites it, by the thread that writes it.
+    Parallel over (batch * kv head, blocks of BK feature rows); each program walks all NT chunks (1024 at
+    T = 32k), one load of a chunk's summaries per step. The loads run two chunks ahead of the recurrence
+    (three in flight instead of one; nothing else hides their latency in so few programs); a chunk's slot
+    is read two steps before the step that overwrites it, by the thread that writes it.
     ``s0`` / ``st`` are in the decoding state's layout: F x Dv, or F x (Dv + 1) with z as the last column.
     """
     pid = tl.program_id(0).to(tl.int64)
