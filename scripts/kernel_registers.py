@@ -2,8 +2,8 @@
 
 Each kernel is compiled by Triton for a CUDA target (default sm_90: H100 / H200) through a stub driver,
 at the launch configs the launchers use: block sizes, num_warps and num_stages come from
-``_blocks`` / ``_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
-(``lolcats_chunked.py``), imported, not copied; the decode kernel's BV / BD are restated here. Variants:
+``_blocks`` / ``_launch`` / ``_decode_launch`` (``linearize/kernels/__init__.py``) and ``lolcats_config``
+(``lolcats_chunked.py``), imported, not copied. Variants:
 the attention of the shipped recipes, head dims 64 and 128, G = 4 query heads per kv head, padding mask
 on. ptxas (bundled with Triton) reports registers, stack frame and spills; shared memory is Triton's
 allocation (the launch fails with OutOfResources above the block limit).
@@ -44,7 +44,7 @@ from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from linearize.kernels import _blocks, _decode_warps, _flags, _launch, _meta  # noqa: E402
+from linearize.kernels import _blocks, _decode_launch, _flags, _launch, _meta  # noqa: E402
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
@@ -124,6 +124,12 @@ def _opts(o):
     return ce, {k: v for k, v in o.items() if k in ("num_warps", "num_stages")}
 
 
+def _decode_job(name, constexprs, W, D):
+    """A decode kernel's launch, with the block sizes and warps of ``_decode_launch``."""
+    ce, opts = _opts(_decode_launch(W, D, D, True))
+    return (name, "decode", {**constexprs, **ce}, {}, opts)
+
+
 def launches(spec, D, dtype=torch.bfloat16):
     """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D, with the
     block sizes, num_warps and num_stages the launchers take from ``_blocks`` / ``_launch`` /
@@ -144,9 +150,7 @@ def launches(spec, D, dtype=torch.bfloat16):
                 ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
                 ("_chunk_scan", "bwd", scan, {"FIRST": 1}, sc_o),
                 ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o),
-                ("_lolcats_decode", "decode", dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=spec.window,
-                                                   HAS_KV=True), {},
-                 {"num_warps": _decode_warps(2 * spec.window, D)})]
+                _decode_job("_lolcats_decode", dict(G=G, D=D, DV=D, W=spec.window, HAS_KV=True), 2 * spec.window, D)]
         return out
     f = _flags(spec)
     blk = _blocks(f, True)
@@ -170,9 +174,9 @@ def launches(spec, D, dtype=torch.bfloat16):
     out += [("_hybrid_fwd", "fwd", {**meta, **fw, "NS": f.ns}, {}, fw_o),
             ("_hybrid_bwd_q", "bwd", meta, {}, bw_o),
             ("_hybrid_bwd_kv", "bwd", meta, {}, bw_o)]
-    dec = dict(G=G, D=D, DV=D, BV=min(D, 32), BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
+    dec = dict(G=G, D=D, DV=D, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win,
                GATE=f.gate, FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, HAS_KV=True)
-    out.append(("_hybrid_decode", "decode", dec, {}, {"num_warps": _decode_warps(W, D)}))
+    out.append(_decode_job("_hybrid_decode", dec, W, D))
     return out
 
 

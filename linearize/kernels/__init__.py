@@ -379,10 +379,13 @@ class HybridAttentionFunction(torch.autograd.Function):
         return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
-def _decode_warps(W: int, D: int) -> int:
-    """num_warps of the decode kernel: the rotated window (W x D, fp32) sits in registers, and from 16k
-    elements on 4 warps spill (ptxas, sm_90)."""
-    return 8 if W * D >= 16384 else 4
+def _decode_launch(W: int, D: int, DV: int, device_is_cuda: bool) -> dict:
+    """Launch options of a decode kernel (shared with scripts/kernel_registers.py): value columns per program
+    BV (32 on GPU: the step is parallel over B * Hkv x Dv / 32 programs; whole in the interpreter), head-dim
+    block BD of the window's loads, and num_warps: the rotated window (W x D, fp32) sits in registers, and
+    from 16k elements on 4 warps spill (ptxas, sm_90). LoLCATs passes 2 W: it shifts a W x 2D feature buffer
+    beside the window."""
+    return dict(BV=min(DV, 32) if device_is_cuda else DV, BD=min(D, 32), num_warps=8 if W * D >= 16384 else 4)
 
 
 def _last_column(key_valid) -> tuple[int, int]:
@@ -419,16 +422,15 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         wvalid_old = state["valid"].contiguous()
         wvalid_new = torch.empty_like(wvalid_old)
         new_state.update(k=kb_new, v=vb_new, valid=wvalid_new)
-    BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
-    num_warps = _decode_warps(W, D)
-    _hybrid_decode[(B * HKV, DV // BV)](
+    cfg = _decode_launch(W, D, DV, q.is_cuda and not INTERPRET)
+    _hybrid_decode[(B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(key_valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid_old, wvalid_new, o,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb,
         o.stride(0), o.stride(1), *_last_column(key_valid),
         HKV, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
-        G=G, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate,
-        FMAP=f.fmap, NORM=f.norm, NS=f.ns, MIXP=f.mixp, HAS_KV=key_valid is not None, num_warps=num_warps,
+        G=G, D=D, DV=DV, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate, FMAP=f.fmap, NORM=f.norm,
+        NS=f.ns, MIXP=f.mixp, HAS_KV=key_valid is not None, **cfg,
     )
     return o, new_state
 
@@ -556,16 +558,14 @@ def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
     wvalid_old = state["valid"].contiguous()
     new_state = dict(linear=torch.empty_like(s_old), k=torch.empty_like(kb), v=torch.empty_like(vb),
                      valid=torch.empty_like(wvalid_old), kfeat=torch.empty_like(fb))
-    BV = DV if (INTERPRET or not q.is_cuda) else min(DV, 32)
-    # Warps as for a window twice as long: the W x F feature buffer is shifted beside the W x D window.
+    cfg = _decode_launch(2 * W, D, DV, q.is_cuda and not INTERPRET)
     with torch.no_grad():
-        _lolcats_decode[(B * HKV, DV // BV)](
+        _lolcats_decode[(B * HKV, DV // cfg["BV"])](
             q, k, v, cos, sin, _ptr(key_valid, o), core.feature_map_q.weight,
             core.feature_map_k.weight, core.window_factor, s_old, new_state["linear"], kb, vb, fb, new_state["k"],
             new_state["v"], new_state["kfeat"], wvalid_old, new_state["valid"], o,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb, o.stride(0),
             o.stride(1), *_last_column(key_valid), HKV, float(scale),
-            G=H // HKV, D=D, DV=DV, BV=BV, BD=min(D, 32), W=W, HAS_KV=key_valid is not None,
-            num_warps=_decode_warps(2 * W, D),
+            G=H // HKV, D=D, DV=DV, W=W, HAS_KV=key_valid is not None, **cfg,
         )
     return o, new_state
