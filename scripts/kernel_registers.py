@@ -9,9 +9,10 @@ on. ptxas (bundled with Triton) reports registers, stack frame and spills; share
 allocation (the launch fails with OutOfResources above the block limit).
 Argument dtypes are what the kernels see in training: activations (q, k, v, cos, sin, outputs, their
 gradients) and the hedgehog weights in ``--dtype`` (bf16 by default; the launchers cast the weights to
-it), chunk states and their gradients in ``chunk_state_dtype`` (bf16 with bf16 activations, except under
-the learned gate), log-gates, alpha, sinks, window factors, decoding states and per-row statistics fp32,
-masks int8 (training / prefill) or bool (decode). The dot operand dtype follows the activations, so
+it), chunk states and their gradients in ``chunk_state_dtype`` (bf16 with bf16 activations; fp32 under the
+learned gate and in the prefill scan, the one prefill launch listed apart), log-gates, alpha, sinks,
+window factors, decoding states and per-row statistics fp32, masks int8 (training / prefill) or bool
+(decode). The dot operand dtype follows the activations, so
 ``--dtype fp32`` shows what fp32 inputs need.
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
