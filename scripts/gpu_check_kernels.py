@@ -637,7 +637,7 @@ import linearize.kernels as LK  # noqa: E402
 BASE_LAUNCH, BASE_BLOCKS = LK._launch, LK._blocks
 SWEEP_VARIANTS = {
     "liger": [("fwd BV64", {"fwd": dict(BV=64)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
-              ("fwd s2", {"fwd": dict(num_stages=2)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
+              ("fwd s1", {"fwd": dict(num_stages=1)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
               ("bwd w4", {"bwd": dict(num_warps=4)}), ("bwd s2", {"bwd": dict(num_stages=2)}),
               ("state BV64 s2", {"state": dict(BV=64, num_stages=2)}),
               ("state BV128 w8 s1", {"state": dict(BV=128, num_warps=8, num_stages=1)}),
