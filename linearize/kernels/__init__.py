@@ -161,10 +161,11 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
     exactly these: the F x BV fp32 accumulator of ``_chunk_state`` bounds its BV; hedgehog maps (F = 2D)
     take 8 warps and no software pipelining (its multi-buffered loads of the per-head W and of the window
     blocks do not fit beside the F-wide tiles), as do fp32 activations (whose dot operands are fp32) and the
-    backward at head dim 128 (already spilling; two stages add 10 - 150 B per thread); the bf16 forward at
-    head dim 128 with softmax maps takes two stages: its loads then run ahead of the window / state dots
-    (cp.async), which nothing else overlaps at one 8-warp block per SM, at 252 registers, no spills and
-    112 KiB of shared memory (three stages spill, and so do two in fp16, whose key-gate dots are fp32). 8 warps in the forward with a window branch, hedgehog
+    backward at head dim 128 (already spilling; two stages add 10 - 150 B per thread); the bf16 / fp16
+    forward at head dim 128 with softmax maps takes two stages: its loads then run ahead of the window /
+    state dots (cp.async), which nothing else overlaps at one 8-warp block per SM, at 252 registers, no
+    spills and 112 KiB of shared memory in bf16 (fp16, whose key-gate dots are fp32: 8 B of spills, 32 at
+    one stage; three stages spill in both). 8 warps in the forward with a window branch, hedgehog
     maps or D = 128. The forward takes all value columns in one program with softmax maps (the window
     scores and the in-chunk attention are then computed once per head), 64 with hedgehog maps (which spill
     at 128). The interpreter takes whole value blocks."""
@@ -173,7 +174,7 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
         return dict(state=dict(BV=D, num_warps=4), scan=dict(BK=F, num_warps=4), fwd=dict(BV=D, num_warps=4),
                     bwd=dict(num_warps=8))
     stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
-    fwd_stages = 2 if (D >= 128 and not f.fmap and dtype == torch.bfloat16) else stages
+    fwd_stages = 2 if (D >= 128 and not f.fmap and dtype != torch.float32) else stages
     return dict(
         state=dict(BV=min(D, 32 if f.fmap else 64), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
         scan=dict(BK=min(F, 32), num_warps=4),
