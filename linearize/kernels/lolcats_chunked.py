@@ -426,6 +426,7 @@ class LolcatsAttentionFunction(torch.autograd.Function):
         ins = (q, k, v, cos, sin, valid_t, wq, wk, wf)
         _lolcats_bwd_q[(NT, B * HKV)](*ins, h, z, do, m, arg, den, dq, rinv, delta, dden, dm, dwq, *_strides(dq),
                                       *common, **meta)
+        del h, z  # the key side needs only the state gradients: the two never share the peak
         dh, dz = _linear_states(q, k, v, valid, wq, wk, cfg, do=do, rinv=rinv, dden=dden)
         _lolcats_bwd_kv[(NT, B * HKV)](*ins, dh, dz, do, m, arg, rinv, delta, dden, dm, dk, dv, dwk, *_strides(dk, dv),
                                       *common, **meta)
