@@ -16,7 +16,7 @@ window factors, decoding states and per-row statistics fp32, masks int8 (trainin
 ``--dtype fp32`` shows what fp32 inputs need.
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
-        [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json]
+        [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json] [--num-stages N]
 """
 
 from __future__ import annotations
@@ -183,6 +183,11 @@ def launches(spec, D, dtype=torch.bfloat16):
 
 PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 PTXAS_REGS = re.compile(r"Used (\d+) registers")
+# Static instruction counts in the PTX (each loop body counted once): asynchronous copies show whether Triton
+# pipelined a loop's loads (num_stages > 1), MMAs and exponentials the tensor-core and special-function work.
+PTX_COUNTS = {"cp_async": re.compile(r"\bcp\.async\.c[ag]\b"),
+              "mma": re.compile(r"\bmma\.sync\b|\bwgmma\.mma_async\b"),
+              "ex2": re.compile(r"\bex2\.approx\b")}
 CPP_ASSERT = re.compile(r"(\w+\.cpp:\d+): .*?(Assertion .*)$", re.M)
 CPP_ERROR = re.compile(r"(\w+\.py:\d+):\d+: (error: .*)$", re.M)
 
@@ -219,8 +224,10 @@ def compile_one(job):
     regs, frame = PTXAS_REGS.search(text), PTXAS_FRAME.search(text)
     if regs is None or frame is None:
         return {"error": "no ptxas report in the compile log"}
+    ptx = compiled.asm["ptx"]
     return {"regs": int(regs.group(1)), "stack": int(frame.group(1)), "spill_st": int(frame.group(2)),
-            "spill_ld": int(frame.group(3)), "smem": int(compiled.metadata.shared), "compile_s": time.time() - t0}
+            "spill_ld": int(frame.group(3)), "smem": int(compiled.metadata.shared), "compile_s": time.time() - t0,
+            **{name: len(pattern.findall(ptx)) for name, pattern in PTX_COUNTS.items()}}
 
 
 def main():
@@ -231,6 +238,8 @@ def main():
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                     help="activation dtype (q, k, v, cos, sin, outputs and their gradients); bf16 in training")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--num-stages", type=int, default=None,
+                    help="compile every kernel at this num_stages instead of the launchers' (what-if: pipelining)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
 
@@ -239,6 +248,8 @@ def main():
         for recipe in args.recipes:
             spec = load_recipe(recipe).attention.to_spec()
             for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
+                if args.num_stages is not None:
+                    opts = {**opts, "num_stages": args.num_stages}
                 key = (name, D, tuple(sorted(opts.items())), tuple(sorted(constexprs.items())),
                        tuple(sorted(ints.items())))
                 blocks = " ".join(f"{b}{constexprs[b]}" for b in ("BT", "BC", "BV", "BK") if b in constexprs)
@@ -262,17 +273,17 @@ def main():
 
     limit = SMEM_LIMIT.get(args.arch)
     print("| kernel | variant (recipes) | pass | D | blocks | warps / stages | registers | spill bytes (st / ld) | "
-          "stack B | shared B |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "stack B | shared B | PTX cp.async / mma / ex2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         head = (f"| {r['kernel']} | {', '.join(r['variants'])} | {'/'.join(r['passes'])} | {r['D']} | "
                 f"{r['blocks']} | {r['num_warps']} / {r['num_stages']} |")
         if "error" in r:
-            print(f"{head} compile error (below) | | | |")
+            print(f"{head} compile error (below) | | | | |")
             continue
         spill = f"{r['spill_st']} / {r['spill_ld']}" if r["spill_st"] or r["spill_ld"] else "0"
         smem = f"**{r['smem']}** (over)" if limit and r["smem"] > limit else str(r["smem"])
-        print(f"{head} {r['regs']} | {spill} | {r['stack']} | {smem} |")
+        print(f"{head} {r['regs']} | {spill} | {r['stack']} | {smem} | {r['cp_async']} / {r['mma']} / {r['ex2']} |")
     failed = [r for r in rows if "error" in r]
     if failed:
         print(f"\ncompile failures: {len(failed)} of {len(rows)} configs"

@@ -11,7 +11,8 @@ in the number of tokens, so each layer runs at two small lengths (B = 1) and the
 The layers are those of ``scripts/gpu_check_kernels.py`` (H 32 / 8, D 128, bf16 inputs from raw q, k, v,
 fp32 parameters), timed there with ``do_bench`` and measured with ``max_memory_allocated``. Calibration
 against that script's H100 run (session 3, commit 3acdeb2 with its GPU chunk lengths): Liger-GLA 0.95 / GPU 1.02
-GiB, Lizard 1.68 / 1.76, LoLCATs 1.66 / 1.73, i.e. the GPU adds ~0.07 GiB (the CUDA context's own tensors:
+GiB, Lizard 1.68 / 1.76, LoLCATs 1.66 / 1.73 (``git worktree add /tmp/s3 3acdeb2``, this file copied into
+/tmp/s3/scripts, run there), i.e. the GPU adds ~0.07 GiB (the CUDA context's own tensors:
 the other layers' parameters, the hidden states of the learned gate, library workspaces). The standard
 layer's row is torch's CPU flash kernel: CUDA's flash backward also holds an fp32 dq accumulator and, with
 GQA, per-query-head dk / dv (1.35 GiB measured there against 0.95 here), so compare the kernels' rows with
@@ -94,9 +95,13 @@ def _collect_after_launches():
 
 
 def _gpu_chunking():
-    """The GPU's chunk lengths under the interpreter (the state tensors' sizes follow them)."""
-    blocks = K._blocks
-    K._blocks = lambda f, device_is_cuda: blocks(f, True)
+    """The GPU's chunk lengths under the interpreter (the state tensors' sizes follow them). Before session 4
+    the launchers took them from ``_block_sizes(f, D, device_is_cuda)``: patched too, so that this script, copied
+    into a checkout of an older commit, counts that commit (the calibration in the module docstring)."""
+    for name in ("_blocks", "_block_sizes"):
+        choose = getattr(K, name, None)
+        if choose is not None:
+            setattr(K, name, lambda *args, choose=choose: choose(*args[:-1], True))
 
 
 def rope_tables(T):

@@ -25,34 +25,18 @@ import torch  # noqa: E402
 
 import linearize.kernels as K  # noqa: E402
 import linearize.kernels.lolcats_chunked as LC  # noqa: E402
-from linearize.attention_variants import AttentionSpec, HybridAttentionCore  # noqa: E402
 from linearize.kernels.hybrid_chunked import chunk_state_dtype  # noqa: E402
-from test_kernels import HIDDEN, LOW_PRECISION_SPECS, _inputs, _learned_core, _reference, _rel  # noqa: E402
+from test_kernels import _rel, bf16_prefill_pairs, low_precision_pairs  # noqa: E402
 
 
-def training_errors(name, T, H=4, HKV=2, D=32):
-    core = _learned_core(LOW_PRECISION_SPECS[name], H, HKV, D)
-    q, k, v, hidden, cos, sin, key_valid = _inputs(2, H, HKV, T, D, True, dtype=torch.bfloat16)
-    leaves = [x.requires_grad_() for x in (q, k, v)]
-    names, params = zip(*core.named_parameters()) if name != "liger" else ((), ())
-    out, _ = K.hybrid_attention_kernel(core, q, k, v, cos, sin, hidden.float(), 0.125, key_valid, None, None)
-    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
-    grads = torch.autograd.grad(out, leaves + list(params), do)
-    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
-    ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
-    return {"out": _rel(out, ref), **{n: _rel(g, r) for n, g, r in zip(["q", "k", "v", *names], grads, ref_grads)}}
+def training_errors(name, T):
+    """Relative errors of the output and every gradient (bf16, H 4/2, D 32: the tests' low-precision case)."""
+    return {n: _rel(*pair) for n, pair in low_precision_pairs(name, torch.bfloat16, 4, 2, T, 32).items()}
 
 
-def prefill_errors(T, H=4, HKV=2, D=64):
-    core = HybridAttentionCore(AttentionSpec(), HIDDEN, H, HKV, D)
-    q, k, v, hidden, cos, sin, _ = _inputs(2, H, HKV, T, D, False, dtype=torch.bfloat16)
-    with torch.no_grad():
-        out, st = K.hybrid_attention_kernel(core, q, k, v, cos, sin, hidden, 0.125, None, None,
-                                            core.empty_state(2, q.device, q.dtype))
-        ref, ref_st = _reference(core, q.float(), k.float(), v.float(), cos.float(), sin.float(), hidden.float(),
-                                 0.125, None, core.empty_state(2, q.device, torch.float32))
-    return {"out": _rel(out, ref), "state": _rel(st["linear"], ref_st["linear"])}
+def prefill_errors(T):
+    """Relative errors of a Liger-GLA bf16 prefill's output and final decoding state (H 4/2, D 64)."""
+    return {n: _rel(*pair) for n, pair in bf16_prefill_pairs(T).items()}
 
 
 def fp32_states(dtype, exact=False):

@@ -145,11 +145,11 @@ def test_padding_matches_row_alone():
     assert out[1, :, :P].abs().max() == 0
 
 
-def test_bf16_prefill_state_not_rounded_through_bf16_chunk_states():
-    """Training stores bf16 inputs' chunk states in bf16 (``chunk_state_dtype``), but a prefill's final decoding
-    state is summed from them by the scan: it keeps them fp32 (bf16 ones gave 6.1e-3 here; the output is the
-    same either way)."""
-    B, H, HKV, T, D = 2, 4, 2, 320, 64
+def bf16_prefill_pairs(T=320, H=4, HKV=2, D=64):
+    """A Liger-GLA bf16 prefill through the kernels and the fp32 reference on the same values:
+    {"out": (kernel, reference), "state": (final linear state, reference's)}. Also used by
+    scripts/state_dtype_error.py."""
+    B = 2
     core = HybridAttentionCore(AttentionSpec(), HIDDEN, H, HKV, D)
     q, k, v, hidden, cos, sin, _ = _inputs(B, H, HKV, T, D, False, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -157,9 +157,17 @@ def test_bf16_prefill_state_not_rounded_through_bf16_chunk_states():
                                           core.empty_state(B, q.device, q.dtype))
         ref, ref_st = _reference(core, q.float(), k.float(), v.float(), cos.float(), sin.float(), hidden.float(),
                                  0.125, None, core.empty_state(B, q.device, torch.float32))
-    assert st["linear"].dtype == torch.float32
-    assert _rel(out, ref) <= 1e-2
-    assert _rel(st["linear"], ref_st["linear"]) <= 4.5e-3  # 3.4e-3: the dots' bf16 operands
+    return {"out": (out, ref), "state": (st["linear"], ref_st["linear"])}
+
+
+def test_bf16_prefill_state_not_rounded_through_bf16_chunk_states():
+    """Training stores bf16 inputs' chunk states in bf16 (``chunk_state_dtype``), but a prefill's final decoding
+    state is summed from them by the scan: it keeps them fp32 (bf16 ones gave 6.1e-3 here; the output is the
+    same either way)."""
+    pairs = bf16_prefill_pairs()
+    assert pairs["state"][0].dtype == torch.float32
+    assert _rel(*pairs["out"]) <= 1e-2
+    assert _rel(*pairs["state"]) <= 4.5e-3  # 3.4e-3: the dots' bf16 operands
 
 
 @pytest.mark.parametrize("branches,window,D,H,HKV", [("hybrid", 64, 128, 6, 2), ("linear", 64, 64, 3, 1),
@@ -295,6 +303,23 @@ LOW_PRECISION_CASES = [
 ]
 
 
+def low_precision_pairs(name, dtype, H, HKV, T, D):
+    """Kernel output and grads of q, k, v and every learned parameter in ``dtype`` beside the fp32 reference's
+    on the same values: {"out": (kernel, reference), "q": ..., parameter name: ...}. Also used by
+    scripts/state_dtype_error.py."""
+    core = _learned_core(LOW_PRECISION_SPECS[name], H, HKV, D)
+    q, k, v, hidden, cos, sin, key_valid = _inputs(2, H, HKV, T, D, True, dtype=dtype)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    names, params = zip(*core.named_parameters()) if name != "liger" else ((), ())
+    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden.float(), 0.125, key_valid, None, None)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(out, leaves + list(params), do)
+    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
+    ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
+    return {"out": (out, ref), **dict(zip(["q", "k", "v", *names], zip(grads, ref_grads)))}
+
+
 @pytest.mark.parametrize("name,dtype,H,HKV,T,D,tol_out,tol_grad", LOW_PRECISION_CASES,
                          ids=[f"{c[0]}-{str(c[1])[6:]}" for c in LOW_PRECISION_CASES])
 def test_low_precision_close_to_fp32_reference(name, dtype, H, HKV, T, D, tol_out, tol_grad):
@@ -303,19 +328,11 @@ def test_low_precision_close_to_fp32_reference(name, dtype, H, HKV, T, D, tol_ou
     fp32 products) and its bf16 elementwise arithmetic is unusable (NaN), so the bf16 cases also pin that every
     tile held in bf16 is upcast before elementwise fp32 math (at this size the reference's own bf16 error is
     1-2e-2: ``gpu_check_kernels.py --smoke``)."""
-    core = _learned_core(LOW_PRECISION_SPECS[name], H, HKV, D)
-    q, k, v, hidden, cos, sin, key_valid = _inputs(2, H, HKV, T, D, True, dtype=dtype)
-    leaves = [x.requires_grad_() for x in (q, k, v)]
-    names, params = zip(*core.named_parameters()) if name != "liger" else ((), ())
-    out, _ = hybrid_attention_kernel(core, q, k, v, cos, sin, hidden.float(), 0.125, key_valid, None, None)
+    pairs = low_precision_pairs(name, dtype, H, HKV, T, D)
+    out, ref = pairs.pop("out")
     assert out.dtype == dtype
-    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    grads = torch.autograd.grad(out, leaves + list(params), do)
-    f32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    ref, _ = _reference(core, *f32, cos.float(), sin.float(), hidden.float(), 0.125, key_valid)
-    ref_grads = torch.autograd.grad(ref, f32 + list(params), do.float())
     assert _rel(out, ref) <= tol_out
-    for n, g, rg in zip(["q", "k", "v"] + list(names), grads, ref_grads):
+    for n, (g, rg) in pairs.items():
         assert torch.isfinite(g).all() and _rel(g, rg) <= tol_grad, (n, _rel(g, rg))
 
 

@@ -161,7 +161,7 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
     exactly these: the F x BV fp32 accumulator of ``_chunk_state`` bounds its BV; hedgehog maps (F = 2D)
     take 8 warps and no software pipelining (its multi-buffered loads of the per-head W and of the window
     blocks do not fit beside the F-wide tiles), as do fp32 activations (whose dot operands are fp32) and the
-    backward at head dim 128 (already spilling; two stages add 10 - 150 B per thread); the bf16 / fp16
+    backward at head dim 128 (already spilling; two stages add 12 - 152 B per thread); the bf16 / fp16
     forward at head dim 128 with softmax maps takes two stages: its loads then run ahead of the window /
     state dots (cp.async), which nothing else overlaps at one 8-warp block per SM, at 252 registers, no
     spills and 112 KiB of shared memory in bf16 (fp16, whose key-gate dots are fp32: 8 B of spills, 32 at

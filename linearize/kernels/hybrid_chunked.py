@@ -36,8 +36,8 @@ sub-block of SUB query rows (16 on GPU), at the row r before the sub-block: ``ex
 ``tl.dot`` takes its operands in the input dtype (``_mm``: bf16 / fp16 tensor cores and half the staged
 shared memory of fp32; fp32 inputs keep fp32 dots) and accumulates in fp32; decays, softmax statistics
 and accumulators stay fp32, states are summed in fp32 (stored per ``chunk_state_dtype``); tiles that only
-feed dots are held in the input dtype and upcast where they meet fp32 math. The key gate's factorised terms (beyond fp16's range from ``e^11`` on) take
-fp32 dots with fp16 inputs.
+feed dots are held in the input dtype and upcast where they meet fp32 math. The key gate's factorised
+terms (beyond fp16's range from ``e^11`` on) take fp32 dots with fp16 inputs.
 """
 
 from __future__ import annotations
