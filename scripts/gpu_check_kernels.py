@@ -9,7 +9,9 @@
     operands in the input dtype, so their learned-parameter grads are off by about as much as the reference's.
 (b) decode: one step (B=16) vs context: SDPA over a KV cache, fla fused_recurrent_gla, our decode
     kernel for Liger-GLA, for Lizard (hedgehog maps, learned gate, normaliser, window 128, sinks) and for
-    LoLCATs (hedgehog maps, window 64 under one normaliser).
+    LoLCATs (hedgehog maps, window 64 under one normaliser); each timed eager, replayed from a CUDA graph
+    (the device's time alone) and on the host (Python + launch per call): a step's device work is small, so
+    the eager time can be the host's.
 (c) timing (triton.testing.do_bench, warm-up then median): the whole layer from raw q/k/v
     (feature maps, gate, RoPE, both branches, mix; projections excluded), fwd, fwd+bwd and peak
     memory, for: a standard RoPE + SDPA (flash, GQA) layer; our fused kernels (Liger-GLA; Lizard:
@@ -406,25 +408,63 @@ def filled_state(core, B):
 
 
 # ----------------------------------------------------------------------------- (b) decode
+def graph_ms(fn):
+    """Median ms of ``fn`` replayed from a CUDA graph: the device's work alone, without the host's Python and
+    launch overhead, which the eager time includes wherever the GPU waits for it (None in --smoke)."""
+    if SMOKE:
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # compiles / autotunes outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench(graph.replay)
+
+
+def host_ms(fn, n=200):
+    """Host time per call (Python and launch): ``n`` calls enqueued back to back, timed before the sync (None in
+    --smoke, where the interpreter's time is all host)."""
+    if SMOKE:
+        return None
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    sync()
+    return (t1 - t0) / n * 1e3
+
+
+def time_step(r, key, fn):
+    """Eager (``key``), CUDA-graph (``key_graph``) and host (``key_host``) ms of one decode step into ``r``."""
+    for suffix, timer in (("", bench), ("_graph", graph_ms), ("_host", host_ms)):
+        try:
+            r[key + suffix] = timer(fn)
+        except Exception as e:  # noqa: BLE001
+            r[key + suffix] = repr(e)[:100]
+            traceback.print_exc()
+
+
 def decode_row(B, ctx):
-    """One decode step at context ``ctx``: SDPA over a KV cache, fla's recurrent GLA, our decode kernel."""
+    """One decode step at context ``ctx``: SDPA over a KV cache, fla's recurrent GLA, our decode kernel; each
+    eager, replayed from a CUDA graph (device time) and the host's share."""
     r = {"B": B, "ctx": ctx}
     q = torch.randn(B, H, 1, D, device=dev, dtype=torch.bfloat16)
     if not SMOKE:
         kc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
         vc = torch.randn(B, HKV, ctx, D, device=dev, dtype=torch.bfloat16)
-        r["sdpa_kvcache_ms"] = bench(lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=True))
+        time_step(r, "sdpa_kvcache_ms", lambda: F.scaled_dot_product_attention(q, kc, vc, enable_gqa=True))
         r["kv_cache_MB_per_layer"] = 2 * B * HKV * ctx * D * 2 / 2**20
         del kc, vc
     if HAS_FLA:
         qq, kk, vv = (torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
         gg = F.logsigmoid(torch.randn(B, 1, H, D, device=dev, dtype=torch.bfloat16))
         h0 = torch.randn(B, H, D, D, device=dev, dtype=torch.float32)
-        try:
-            r["fla_recurrent_gla_ms"] = bench(lambda: fused_recurrent_gla(qq, kk, vv, gk=gg, initial_state=h0,
-                                                                           output_final_state=True))
-        except Exception as e:  # noqa: BLE001
-            r["fla_recurrent_gla_ms"] = repr(e)[:100]
+        time_step(r, "fla_recurrent_gla_ms", lambda: fused_recurrent_gla(qq, kk, vv, gk=gg, initial_state=h0,
+                                                                          output_final_state=True))
     k1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
     v1 = torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16)
     c1, s1 = rope_at(ctx)
@@ -434,12 +474,8 @@ def decode_row(B, ctx):
         r[f"{name}_state_MB_per_layer"] = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
         with torch.no_grad():
             assert kernel_fallback_reason(core, q, k1, v1, None, state) is None
-            try:
-                r[f"{name}_decode_ms"] = bench(lambda: hybrid_attention_kernel(
-                    core, q, k1, v1, c1, s1, hid1, 1 / math.sqrt(D), None, None, state))  # noqa: B023
-            except Exception as e:  # noqa: BLE001
-                r[f"{name}_decode_ms"] = repr(e)[:100]
-                traceback.print_exc()
+            time_step(r, f"{name}_decode_ms", lambda: hybrid_attention_kernel(
+                core, q, k1, v1, c1, s1, hid1, 1 / math.sqrt(D), None, None, state))  # noqa: B023
     return r
 
 
@@ -635,15 +671,16 @@ for name, fn in LAYERS if "profile" in RUN and not WORKER else []:
 import linearize.kernels as LK  # noqa: E402
 
 BASE_LAUNCH, BASE_BLOCKS = LK._launch, LK._blocks
+# Around the defaults (bf16, D = 128): Liger-GLA 4 warps forward and backward, Lizard's forward all 128 value
+# columns, both since the 2026-11-26 H200 sweep; its losers are kept as rows for the record ("w8", "BV64").
 SWEEP_VARIANTS = {
-    "liger": [("fwd BV64", {"fwd": dict(BV=64)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
-              ("fwd s1", {"fwd": dict(num_stages=1)}), ("fwd BV32 w4 s2", {"fwd": dict(BV=32, num_warps=4, num_stages=2)}),
-              ("bwd w4", {"bwd": dict(num_warps=4)}), ("bwd s2", {"bwd": dict(num_stages=2)}),
-              ("state BV64 s2", {"state": dict(BV=64, num_stages=2)}),
+    "liger": [("fwd w8", {"fwd": dict(num_warps=8)}), ("fwd s1", {"fwd": dict(num_stages=1)}),
+              ("fwd s3", {"fwd": dict(num_stages=3)}), ("bwd w8", {"bwd": dict(num_warps=8)}),
+              ("bwd s2", {"bwd": dict(num_stages=2)}), ("state BV64 s2", {"state": dict(BV=64, num_stages=2)}),
               ("state BV128 w8 s1", {"state": dict(BV=128, num_warps=8, num_stages=1)}),
               ("scan BK64", {"scan": dict(BK=64)}), ("BT 64", 64)],
-    "lizard": [("fwd BV128", {"fwd": dict(BV=128)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
-               ("bwd w4", {"bwd": dict(num_warps=4)}), ("state BV64", {"state": dict(BV=64)})],
+    "lizard": [("fwd BV64", {"fwd": dict(BV=64)}), ("fwd w4", {"fwd": dict(num_warps=4)}),
+               ("state BV64", {"state": dict(BV=64)})],
 }
 
 
@@ -722,6 +759,11 @@ def fmt(x, spec=".3f"):
     return format(x, spec) if isinstance(x, float) else ("n/a" if x is None else str(x)[:60])
 
 
+def step_cell(r, key):
+    """A decode cell: eager / CUDA-graph / host ms."""
+    return " / ".join(fmt(r.get(key + suffix)) for suffix in ("", "_graph", "_host"))
+
+
 lines = [f"# {RES['device']} — {RES['date']} — torch {RES['torch']}, triton {RES['triton']}, "
          f"{RES['elapsed_s']:.0f} s", "",
          ("errors relative to the fp32 reference, kernel / the reference's own in the row's dtype (autocast); "
@@ -737,14 +779,19 @@ for c in CHECKS:
     nf = f" (non-finite grads: kernel {c['nonfinite'][0]}, fp32 ref {c['nonfinite'][1]})" if any(
         c.get("nonfinite", [0])) else ""
     lines.append(f"| {c['check']} | {c['shape']} | {' | '.join(e)} | {c['tol']} | {c['ok']}{nf} |")
-lines += ["", "| decode step, one layer: B | ctx | SDPA over KV cache ms | fla fused_recurrent_gla ms | "
-          "liger ours ms | lizard ours ms | lolcats ours ms | KV cache MB | liger / lizard / lolcats state MB |",
+
+
+
+lines += ["", "decode step, one layer, ms: eager (do_bench, host overhead included where the GPU waits for it) / "
+          "replayed from a CUDA graph (device only) / host per call", "",
+          "| B | ctx | SDPA over KV cache | fla fused_recurrent_gla | liger ours | lizard ours | lolcats ours | "
+          "KV cache MB | liger / lizard / lolcats state MB |",
           "|---|---|---|---|---|---|---|---|---|"]
 for r in DEC:
     err = f" ERROR {r['error'][:80]}" if "error" in r else ""
-    lines.append(f"| {r['B']} | {r['ctx']} | {fmt(r.get('sdpa_kvcache_ms'))} | {fmt(r.get('fla_recurrent_gla_ms'))} | "
-                 f"{fmt(r.get('liger_decode_ms'))} | {fmt(r.get('lizard_decode_ms'))} | "
-                 f"{fmt(r.get('lolcats_decode_ms'))} | {fmt(r.get('kv_cache_MB_per_layer'), '.0f')} | "
+    lines.append(f"| {r['B']} | {r['ctx']} | {step_cell(r, 'sdpa_kvcache_ms')} | {step_cell(r, 'fla_recurrent_gla_ms')} | "
+                 f"{step_cell(r, 'liger_decode_ms')} | {step_cell(r, 'lizard_decode_ms')} | "
+                 f"{step_cell(r, 'lolcats_decode_ms')} | {fmt(r.get('kv_cache_MB_per_layer'), '.0f')} | "
                  f"{fmt(r.get('liger_state_MB_per_layer'), '.1f')} / {fmt(r.get('lizard_state_MB_per_layer'), '.1f')} / "
                  f"{fmt(r.get('lolcats_state_MB_per_layer'), '.1f')} |{err}")
 lines += ["", f"| layer (H={H}/{HKV}, D={D}, bf16) | B | T | fwd ms | fwd+bwd ms | Mtok/s fwd+bwd | peak GiB |",

@@ -42,14 +42,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton import knobs  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
 
 from linearize.kernels import _blocks, _decode_launch, _flags, _launch, _meta  # noqa: E402
 from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
 from linearize.kernels.hybrid_chunked import chunk_state_dtype  # noqa: E402
+from linearize.kernels.offline_compile import use_target  # noqa: E402
 from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
@@ -67,22 +66,6 @@ FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
 INTS = {"T": T, "HKV": HKV, "NT": T // 64, "kv_last": T - 1}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}  # opt-in max per block
-
-
-class _StubDriver:
-    """Just enough of a Triton driver to compile (warmup) for a fixed target without a device."""
-
-    def __init__(self, arch):
-        self.target = GPUTarget("cuda", arch, 32)
-
-    def get_current_target(self):
-        return self.target
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
 
 
 def _ptr_dtype(name, act, state):
@@ -195,7 +178,7 @@ CPP_ERROR = re.compile(r"(\w+\.py:\d+):\d+: (error: .*)$", re.M)
 def compile_one(job):
     """Compile one launch config; registers, spills, stack and shared memory from ptxas and Triton."""
     arch, name, constexprs, ints, options, act = job
-    driver.set_active(_StubDriver(arch))
+    use_target(arch)
     knobs.compilation.always_compile = True
     knobs.nvidia.dump_ptxas_log = True
     kernel = KERNELS[name]

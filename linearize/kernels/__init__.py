@@ -60,6 +60,12 @@ def _is_pow2(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
 
+def _on_gpu(x: torch.Tensor) -> bool:
+    """Whether launches for ``x`` take the GPU's launch configuration (the interpreter takes its own, smaller
+    one); ``linearize.kernels.offline_compile`` sets it for CPU tensors to compile the GPU's launches."""
+    return x.is_cuda and not INTERPRET
+
+
 def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> str | None:
     """None when the fused kernels compute this call; otherwise why the reference runs."""
     spec = core.spec
@@ -75,7 +81,7 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
     T = q_raw.shape[2]
     decode = state is not None and T == 1
     if spec.shared and not decode:
-        chunk = lolcats_config(D, q_raw.is_cuda and not INTERPRET)["BT"]
+        chunk = lolcats_config(D, _on_gpu(q_raw))["BT"]
         if spec.window % chunk:
             return f"LoLCATs kernels need a window that is a multiple of the chunk length ({chunk})"
     if spec.has_window:
@@ -85,7 +91,7 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
             return "softcap is reference-only"
     wants_grad = torch.is_grad_enabled() and (q_raw.requires_grad or k_raw.requires_grad or v.requires_grad
                                               or any(p.requires_grad for p in core.parameters()))
-    if q_raw.is_cuda and not INTERPRET and spec.has_linear and spec.feature_map == "hedgehog" and not decode:
+    if _on_gpu(q_raw) and spec.has_linear and spec.feature_map == "hedgehog" and not decode:
         # Compile-only report (scripts/kernel_registers.py, sm_90): these launches would fail with OutOfResources.
         if D > 128:
             return f"hedgehog maps at head dim {D}: the kernels need more shared memory than an sm_90 block has"
@@ -165,22 +171,31 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
     forward at head dim 128 with softmax maps takes two stages: its loads then run ahead of the window /
     state dots (cp.async), which nothing else overlaps at one 8-warp block per SM, at 252 registers, no
     spills and 112 KiB of shared memory in bf16 (fp16, whose key-gate dots are fp32: 8 B of spills, 32 at
-    one stage; three stages spill in both). 8 warps in the forward with a window branch, hedgehog
-    maps or D = 128. The forward takes all value columns in one program with softmax maps (the window
-    scores and the in-chunk attention are then computed once per head), 64 with hedgehog maps (which spill
-    at 128). The interpreter takes whole value blocks."""
+    one stage; three stages spill in both). The forward takes all value columns in one program with softmax
+    maps (the window scores and the in-chunk attention are then computed once per head).
+
+    Then timed on an H200 (the launch sweep of scripts/gpu_check_kernels.py, B 2, T 8k, bf16, 2026-11-26):
+    4 warps instead of 8 in Liger-GLA's forward (1.82 -> 1.27 ms) and in its backward (fwd + bwd 7.09 ->
+    6.50 ms) at head dim 128, although both then spill (0.4 and 1.3 - 2 kB per thread): two blocks share an
+    SM. Taken for bf16 softmax-map variants at D >= 128; fp16's forward needs 128 KiB of shared memory, one
+    block per SM at 4 warps, unmeasured, so fp16 keeps 8. Hedgehog maps keep 8 warps in the backward (4:
+    Lizard 19.4 -> 26.8 ms) and in bf16 take all value columns in the forward (64 before: Lizard's forward
+    5.14 -> 3.39 ms, 132 B of spills); fp16 / fp32 keep 64, unmeasured. Otherwise 8 warps in the forward with
+    a window branch, hedgehog maps or D = 128. The interpreter takes whole value blocks."""
     F = 2 * D if f.fmap else D
     if not device_is_cuda:
         return dict(state=dict(BV=D, num_warps=4), scan=dict(BK=F, num_warps=4), fwd=dict(BV=D, num_warps=4),
                     bwd=dict(num_warps=8))
     stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
     fwd_stages = 2 if (D >= 128 and not f.fmap and dtype != torch.float32) else stages
+    bf16 = dtype == torch.bfloat16
+    swept = bf16 and D >= 128 and not f.fmap  # 4 warps won the H200 sweep here, in the forward and the backward
     return dict(
         state=dict(BV=min(D, 32 if f.fmap else 64), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
         scan=dict(BK=min(F, 32), num_warps=4),
-        fwd=dict(BV=min(D, 64) if f.fmap else D, num_warps=8 if (f.has_win or f.fmap or D >= 128) else 4,
-                 num_stages=fwd_stages),
-        bwd=dict(num_warps=8, num_stages=stages),
+        fwd=dict(BV=D if (bf16 or not f.fmap) else min(D, 64),
+                 num_warps=4 if swept else 8 if (f.has_win or f.fmap or D >= 128) else 4, num_stages=fwd_stages),
+        bwd=dict(num_warps=4 if swept else 8, num_stages=stages),
     )
 
 
@@ -251,12 +266,14 @@ def _chunk_states(q, k, v, valid, spec, f, blk, P, states=True, do=None, rinv=No
         gtot = torch.empty(B, HKV, NT, D if f.gate == 1 else 1, device=dev, dtype=torch.float32) if f.gate else dummy
     else:
         h, z, gtot = bufs
-    dh = torch.empty_like(h) if do is not None else dummy
-    dz = torch.empty_like(z) if (do is not None and f.norm) else dummy
+    # A mode that does not run still compiles: its pointers take the other mode's dtypes (the branches of
+    # ``_chunk_scan``'s ``if mode`` must agree in type), so the unused gradient buffers alias the states.
+    dh = torch.empty_like(h) if do is not None else h
+    dz = torch.empty_like(z) if (do is not None and f.norm) else z
     st = torch.empty(B, HKV, F, DV + f.norm, device=dev, dtype=torch.float32) if want_state else dummy
     s0_t = s0.float().contiguous() if s0 is not None else dummy
     do_t = do if do is not None else v
-    cfg = _launch(f, D, q.is_cuda and not INTERPRET, q.dtype)
+    cfg = _launch(f, D, _on_gpu(q), q.dtype)
     _chunk_state[(NT, B * HKV, DV // cfg["state"]["BV"])](
         q, k, v, _ptr(valid, dummy), do_t, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(rinv, dummy), _ptr(dden, dummy), h, z, dh, dz, gtot, *_strides(q, k, v, do_t),
@@ -279,7 +296,7 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     G = H // HKV
     DV = v.shape[-1]
     f = _flags(spec)
-    cuda = q.is_cuda and not INTERPRET
+    cuda = _on_gpu(q)
     blk = _blocks(f, cuda)
     NT = triton.cdiv(T, blk.BT)
     cfg = _launch(f, D, cuda, q.dtype)["fwd"]
@@ -325,7 +342,7 @@ class HybridAttentionFunction(torch.autograd.Function):
         G = H // HKV
         f = _flags(spec)
         F = 2 * D if f.fmap else D
-        cuda = q.is_cuda and not INTERPRET
+        cuda = _on_gpu(q)
         blk = _blocks(f, cuda)
         BT = blk.BT
         NT = triton.cdiv(T, BT)
@@ -427,7 +444,7 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         wvalid_old = state["valid"].contiguous()
         wvalid_new = torch.empty_like(wvalid_old)
         new_state.update(k=kb_new, v=vb_new, valid=wvalid_new)
-    cfg = _decode_launch(W, D, DV, q.is_cuda and not INTERPRET)
+    cfg = _decode_launch(W, D, DV, _on_gpu(q))
     _hybrid_decode[(B * HKV, DV // cfg["BV"])](
         q, k, v, cos, sin, _ptr(key_valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid_old, wvalid_new, o,
@@ -488,7 +505,7 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
         out = LolcatsAttentionFunction.apply(
             _lastdim_contig(q_raw), _lastdim_contig(k_raw), _lastdim_contig(v), cos_t, sin_t, valid,
             core.feature_map_q.weight, core.feature_map_k.weight, core.window_factor, spec.window, scale,
-            lolcats_config(D, q_raw.is_cuda and not INTERPRET))
+            lolcats_config(D, _on_gpu(q_raw)))
         return out, None
     if state is None:
         learned = _learned_inputs(core, hidden)
@@ -563,7 +580,7 @@ def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
     wvalid_old = state["valid"].contiguous()
     new_state = dict(linear=torch.empty_like(s_old), k=torch.empty_like(kb), v=torch.empty_like(vb),
                      valid=torch.empty_like(wvalid_old), kfeat=torch.empty_like(fb))
-    cfg = _decode_launch(2 * W, D, DV, q.is_cuda and not INTERPRET)
+    cfg = _decode_launch(2 * W, D, DV, _on_gpu(q))
     with torch.no_grad():
         _lolcats_decode[(B * HKV, DV // cfg["BV"])](
             q, k, v, cos, sin, _ptr(key_valid, o), core.feature_map_q.weight,

@@ -359,7 +359,7 @@ def _linear_states(q, k, v, valid, wq, wk, cfg, do=None, rinv=None, dden=None):
     x = torch.empty(B, HKV, NT, F, DV, device=q.device, dtype=chunk_state_dtype(q.dtype))
     xz = torch.empty(B, HKV, NT, F, device=q.device, dtype=torch.float32)
     grads = do is not None
-    hz = (dummy, dummy, x, xz) if grads else (x, xz, dummy, dummy)
+    hz = (x, xz, x, xz)  # both modes' pointers: one runs (FIRST), both compile and must agree in type
     do_t = do if grads else v
     _chunk_state[(NT, B * HKV, DV // cfg["state"]["BV"])](
         q, k, v, valid if valid is not None else dummy, do_t, dummy, wq, wk,
