@@ -89,8 +89,23 @@ class _Recorder:
 
 
 @contextlib.contextmanager
+def gpu_paths_on_cpu():
+    """Within the block, the kernel paths accept CPU tensors and take the GPU's launch configuration (what
+    they launch must then be recorded or stubbed: CPU tensors cannot run on a GPU)."""
+    import linearize.kernels as kernels
+
+    saved = kernels.INTERPRET, kernels._on_gpu
+    kernels.INTERPRET = True  # kernel_fallback_reason: CPU tensors are served
+    kernels._on_gpu = lambda x: True  # noqa: ARG005
+    try:
+        yield
+    finally:
+        kernels.INTERPRET, kernels._on_gpu = saved
+
+
+@contextlib.contextmanager
 def record_launches():
-    """Within the block, the kernel paths accept CPU tensors, take the GPU's launch configuration, and record
+    """Within the block, the kernel paths run on CPU tensors with the GPU's launch configuration and record
     each launch (yielded list of ``Launch``) instead of running it: their outputs stay uninitialised."""
     import linearize.kernels as kernels
     from linearize.kernels import lolcats_chunked
@@ -103,11 +118,24 @@ def record_launches():
             if isinstance(obj, JITFunction) and re.search(rf"\b{attr}\[", source):
                 saved.append((module, attr, obj))
                 setattr(module, attr, _Recorder(obj, launches))
-    saved += [(kernels, "INTERPRET", kernels.INTERPRET), (kernels, "_on_gpu", kernels._on_gpu)]
-    kernels.INTERPRET = True  # kernel_fallback_reason: CPU tensors are served
-    kernels._on_gpu = lambda x: True  # noqa: ARG005  the GPU's launch configuration
     try:
-        yield launches
+        with gpu_paths_on_cpu():
+            yield launches
     finally:
         for module, attr, obj in saved:
             setattr(module, attr, obj)
+
+
+@contextlib.contextmanager
+def stub_binary_launch():
+    """Within the block, a kernel launch compiles (for ``use_target``'s target) and goes through Triton's whole
+    Python launch path (argument binding, specialisation, cache lookup), but the final launch of the binary is
+    a no-op: what a launch costs the host before the C launcher and the CUDA driver."""
+    from triton.compiler.compiler import CompiledKernel
+
+    saved = CompiledKernel._init_handles
+    CompiledKernel._init_handles = lambda self: setattr(self, "_run", lambda *args: None)
+    try:
+        yield
+    finally:
+        CompiledKernel._init_handles = saved
