@@ -1,11 +1,12 @@
 """Compile for sm_90, without a GPU, every kernel launch the kernel paths make (run by test_kernels_compile.py
 in a subprocess, as TRITON_INTERPRET must be unset before triton is imported).
 
-Each variant (Liger-GLA, GLA only, SWA only, Lizard, LoLCATs, hedgehog GLA with a learned gate) is driven
-through training (forward + backward, padding mask), a prefill into a fresh state and a decode step, on CPU
-tensors at head dim 128 in each activation dtype; the launches are recorded with the GPU's launch
-configuration and real argument dtypes (``linearize.kernels.offline_compile``), and each distinct one is
-compiled (and must fit sm_90's shared memory per block). Prints one JSON line per compiled launch, then a summary line; exits 1 if any failed.
+Each variant (the shipped recipes' attention: GLA, Liger-GLA, Lizard, LoLCATs, SWA; and hedgehog GLA with a
+learned gate) is driven through training (forward + backward, padding mask), a prefill into a fresh state and
+a decode step, on CPU tensors at head dim 128 in each activation dtype; the launches are recorded with the
+GPU's launch configuration and real argument dtypes (``linearize.kernels.offline_compile``), and each distinct
+one is compiled and must fit sm_90's shared memory per block. Prints one JSON line per compiled launch, then a
+summary line; exits 1 if any failed.
 
     python tests/compile_launches.py [--dtypes bf16,fp16,fp32] [--D 128]
 """
@@ -27,17 +28,13 @@ import torch  # noqa: E402
 from linearize.attention_variants import AttentionSpec, HybridAttentionCore  # noqa: E402
 from linearize.kernels import hybrid_attention_kernel, kernel_fallback_reason  # noqa: E402
 from linearize.kernels.offline_compile import compile_launch, record_launches, use_target  # noqa: E402
+from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
 HIDDEN = 32
-VARIANTS = {
-    "liger-gla": AttentionSpec(),
-    "gla": AttentionSpec(branches="linear"),
-    "swa": AttentionSpec(branches="window"),
-    "lizard": AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4,
-                            mix="learned"),
-    "lolcats": AttentionSpec(feature_map="hedgehog", gate="none", mix="shared", window=64),
-    "gla-hedgehog": AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned", normalize=True),
-}
+# The shipped recipes' attention (as scripts/kernel_registers.py compiles them), and the one kernel-covered block
+# no recipe ships: hedgehog GLA under a learned gate with a normaliser (Lizard's linear branch alone).
+VARIANTS = {name: load_recipe(name).attention.to_spec() for name in sorted(shipped_recipes())}
+VARIANTS["gla-hedgehog"] = AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned", normalize=True)
 SM90_SHARED_BYTES = 232448  # the most shared memory one block may opt into on sm_90
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
