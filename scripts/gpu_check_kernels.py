@@ -19,6 +19,9 @@
     normaliser); the published Liger pipeline (fla chunk_gla + parallel_attn(window 64) + torch
     elementwise ops, as in /work/shared/anchor_bench/gpu_liger_layer_bench.py), timed last (autotune).
     H=32, H_kv=8, D=128, B*T = 16k tokens, T in {2k, 8k, 32k} (B = 1 at 32k: 32k tokens, as SPEC §3).
+(d) profile: device time per kernel of one fwd+bwd (B=2, T=8k). (e) launch sweeps: the layer's kernels
+    (warps, stages, blocks) at B=2, T=8k, and the decode kernels (value columns per program, warps; eager /
+    CUDA graph / host) at B=16 ("sweep", "decode-sweep").
 Every case runs in its own try; a wall-clock budget (--budget-s) skips what is left and still prints
 the tables, so the call ends inside the device's limit. A cold run took ~6 min on the H100 for the checks,
 decode and one length in one process, likely mostly compiling (not timed separately), so by default 8 worker processes first run the checks
@@ -48,7 +51,7 @@ import traceback
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
 ap.add_argument("--budget-s", type=float, default=420.0, help="skip the remaining cases after this many seconds")
-SECTIONS = ("checks", "decode", "layers", "profile", "sweep")
+SECTIONS = ("checks", "decode", "layers", "profile", "sweep", "decode-sweep")
 ap.add_argument("--sections", default=",".join(SECTIONS),
                 help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all, in that order)")
 ap.add_argument("--variants", default="hybrid,linear,window,lizard,lolcats",
@@ -717,10 +720,9 @@ if WORKER is not None:
                     traceback.print_exc()
                 finally:
                     LK._launch, LK._blocks = BASE_LAUNCH, BASE_BLOCKS
-    sys.exit(0)
 
 SWEEP = []
-for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN else []):
+for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN and WORKER is None else []):
     args, do = layer_inputs(PROF_B, PROF_T)
     fn = fused_layer(core)
     base_out = base_dq = None
@@ -750,8 +752,71 @@ for cname, core in ([("liger", LIGER), ("lizard", LIZARD)] if "sweep" in RUN els
         SWEEP.append(row)
         print(row, flush=True)
 
+# Decode launch options around ``_decode_launch``'s (B = 16, bf16): value columns per program (the grid is
+# B * Hkv x D / BV) and warps; a variant equal to a core's default times it twice (the rows' noise).
+BASE_DECODE_LAUNCH = LK._decode_launch
+DECODE_SWEEP_VARIANTS = [("BV16", dict(BV=16)), ("BV64", dict(BV=64)), ("BV128", dict(BV=128)),
+                         ("w4", dict(num_warps=4)), ("w8", dict(num_warps=8))]
+DECODE_CORES = [("liger", LIGER), ("lizard", LIZARD), ("lolcats", LOLCATS)]
+
+
+def with_decode_launch(change):
+    """Patch the decode launch options (value blocks at most the head's: the smoke run's D = 32)."""
+    upd = {k: min(x, D) if k == "BV" else x for k, x in change.items()}
+    LK._decode_launch = lambda *a, **kw: {**BASE_DECODE_LAUNCH(*a, **kw), **upd}
+
+
+def decode_step(core, B):
+    """A no-grad decode step of ``core`` on a filled state at context 4k (our steps do not depend on it)."""
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.bfloat16)
+    k1, v1 = (torch.randn(B, HKV, 1, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    c1, s1 = rope_at(4096)
+    hid1, state = torch.randn(B, 1, HIDDEN, device=dev), filled_state(core, B)
+    assert kernel_fallback_reason(core, q, k1, v1, None, state) is None
+    return lambda: hybrid_attention_kernel(core, q, k1, v1, c1, s1, hid1, 1 / math.sqrt(D), None, None, state)[0]
+
+
+DEC_B = 2 if SMOKE else 16
+if WORKER is not None:
+    for cname, core in (DECODE_CORES if "decode-sweep" in RUN else []):
+        for label, change in DECODE_SWEEP_VARIANTS:
+            if mine(("decode sweep", cname, label)) and not over_budget(f"warm decode sweep {cname} {label}"):
+                with_decode_launch(change)
+                try:
+                    with torch.no_grad():
+                        decode_step(core, DEC_B)()
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+                finally:
+                    LK._decode_launch = BASE_DECODE_LAUNCH
+    sys.exit(0)
+
+DEC_SWEEP = []
+for cname, core in (DECODE_CORES if "decode-sweep" in RUN else []):
+    with torch.no_grad():
+        base, step = None, decode_step(core, DEC_B)
+    for label, change in [("baseline", {})] + DECODE_SWEEP_VARIANTS:
+        if over_budget(f"decode sweep {cname} {label}"):
+            continue
+        with_decode_launch(change)
+        row = {"core": cname, "variant": label}
+        try:
+            with torch.no_grad():
+                out = step()
+                if base is None:
+                    base = out
+                else:
+                    row["err_out"] = rel(out, base)
+                time_step(row, "ms", step)
+        except Exception as e:  # noqa: BLE001
+            row["error"] = repr(e)[:160]
+        finally:
+            LK._decode_launch = BASE_DECODE_LAUNCH
+        DEC_SWEEP.append(row)
+        print(row, flush=True)
+
 # ----------------------------------------------------------------------------- report
-RES.update(checks=CHECKS, train=ROWS, decode=DEC, profile=PROF, sweep=SWEEP, elapsed_s=time.time() - T_START)
+RES.update(checks=CHECKS, train=ROWS, decode=DEC, profile=PROF, sweep=SWEEP, decode_sweep=DEC_SWEEP, elapsed_s=time.time() - T_START)
 out_dir = os.environ.get("OUT")
 
 
@@ -822,6 +887,15 @@ if SWEEP:
             continue
         err = f"{r['err_out']:.1e} / {r['err_dq']:.1e}" if "err_out" in r else "-"
         lines.append(f"| {r['core']} | {r['variant']} | {r['fwd_ms']:.2f} | {r['fwdbwd_ms']:.2f} | {err} |")
+if DEC_SWEEP:
+    lines += ["", f"| decode launch sweep (B={DEC_B}, bf16) | variant | ms eager / CUDA graph / host | "
+              "err out vs baseline |", "|---|---|---|---|"]
+    for r in DEC_SWEEP:
+        if "error" in r:
+            lines.append(f"| {r['core']} | {r['variant']} | ERROR {r['error'][:70]} | |")
+            continue
+        err = f"{r['err_out']:.1e}" if "err_out" in r else "-"
+        lines.append(f"| {r['core']} | {r['variant']} | {step_cell(r, 'ms')} | {err} |")
 if RES["skipped"]:
     lines += ["", f"over the {ARGS.budget_s:.0f} s budget, skipped: {', '.join(RES['skipped'])}"]
 all_ok = len(CHECKS) == len(PLANNED) and all(c.get("ok") for c in CHECKS)

@@ -17,6 +17,7 @@ window factors, decoding states and per-row statistics fp32, masks int8 (trainin
 
     .venv/bin/python scripts/kernel_registers.py [--arch 90] [--dims 64 128] [--recipes lizard ...]
         [--dtype bf16|fp16|fp32] [--jobs 1] [--json out.json] [--num-stages N]
+        [--kernels _hybrid_decode _lolcats_decode ...]
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ KERNELS = {k.__name__: k for k in (_hc._chunk_state, _hc._chunk_scan, _hc._hybri
 G, T, HKV = 4, 2048, 8
 # In the activation dtype: inputs, outputs, their gradients, and the hedgehog weights (the training / prefill
 # launchers cast them, ``_dot_weights``; decode reads a bf16 model's own).
-ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk"}
+ACT = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "cos", "sin", "kbuf", "vbuf", "kbuf_new", "vbuf_new", "wq", "wk",
+       "hid", "gw", "gb"}
 STATES = {"h", "dh"}  # chunk states and their gradients: ``chunk_state_dtype``
 MASKS = {"valid"}  # int8, as the training / prefill launchers convert key_valid
 BOOLS = {"kv", "wvalid_new", "wvalid_old"}  # the decode kernels read the model's bool masks in place
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
-INTS = {"T": T, "HKV": HKV, "NT": T // 64, "kv_last": T - 1}
+INTS = {"T": T, "HKV": HKV, "NT": T // 64, "kv_last": T - 1, "HS": 4096}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}  # opt-in max per block
 
@@ -108,9 +110,9 @@ def _opts(o):
     return ce, {k: v for k, v in o.items() if k in ("num_warps", "num_stages")}
 
 
-def _decode_job(name, constexprs, W, D):
-    """A decode kernel's launch, with the block sizes and warps of ``_decode_launch``."""
-    ce, opts = _opts(_decode_launch(W, D, D, True))
+def _decode_job(name, constexprs, W, D, feature_buffer=False):
+    """A decode kernel's launch, with the block sizes, tiles and warps of ``_decode_launch``."""
+    ce, opts = _opts(_decode_launch(W, D, D, G, True, feature_buffer))
     return (name, "decode", {**constexprs, **ce}, {}, opts)
 
 
@@ -134,7 +136,7 @@ def launches(spec, D, dtype=torch.bfloat16):
                 ("_chunk_state", "bwd", {**cs, "STATES": False, "WITH_DO": True}, {}, st_o),
                 ("_chunk_scan", "bwd", scan, {"FIRST": 1}, sc_o),
                 ("_lolcats_bwd_kv", "bwd", lol, {}, bw_o),
-                _decode_job("_lolcats_decode", dict(G=G, D=D, DV=D, W=spec.window, HAS_KV=True), 2 * spec.window, D)]
+                _decode_job("_lolcats_decode", dict(G=G, D=D, DV=D, W=spec.window, HAS_KV=True), spec.window, D, True)]
         return out
     f = _flags(spec)
     blk = _blocks(f, True)
@@ -221,6 +223,7 @@ def main():
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                     help="activation dtype (q, k, v, cos, sin, outputs and their gradients); bf16 in training")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--kernels", nargs="+", default=None, help="only these kernels (e.g. _hybrid_decode)")
     ap.add_argument("--num-stages", type=int, default=None,
                     help="compile every kernel at this num_stages instead of the launchers' (what-if: pipelining)")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -231,6 +234,8 @@ def main():
         for recipe in args.recipes:
             spec = load_recipe(recipe).attention.to_spec()
             for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
+                if args.kernels and name not in args.kernels:
+                    continue
                 if args.num_stages is not None:
                     opts = {**opts, "num_stages": args.num_stages}
                 key = (name, D, tuple(sorted(opts.items())), tuple(sorted(constexprs.items())),

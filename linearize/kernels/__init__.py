@@ -7,7 +7,8 @@ returns (``HybridAttentionCore`` in ``linearize/attention_variants.py`` is the s
 Covered by the fused kernels (training / prefill forward + backward, chunk-parallel):
 * feature maps ``softmax`` or ``hedgehog`` (per-head W, gradient of W), gate ``key``, ``learned``
   (the per-token per-kv-head log-gate ``logsigmoid(gate_proj(hidden))`` is computed by torch and
-  passed in; its gradient flows back through torch to ``gate_proj``) or ``none``, ``normalize`` on/off,
+  passed in; its gradient flows back through torch to ``gate_proj``; the decode step takes it in the
+  kernel) or ``none``, ``normalize`` on/off,
 * branches ``hybrid`` with mix ``average`` (Liger-GLA) or ``learned`` (Lizard's alpha, gradient),
   ``linear`` (GLA only), ``window`` (SWA only), sinks in the window denominator (power-of-two count,
   gradient), no softcap, head dim a power of two in [16, 256], v head dim == q/k head dim,
@@ -58,6 +59,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _on_gpu(x: torch.Tensor) -> bool:
@@ -401,13 +406,16 @@ class HybridAttentionFunction(torch.autograd.Function):
         return (dq, dk, dv, None, None, None, None, None, *grads)
 
 
-def _decode_launch(W: int, D: int, DV: int, device_is_cuda: bool) -> dict:
+def _decode_launch(W: int, D: int, DV: int, G: int, device_is_cuda: bool, feature_buffer: bool = False) -> dict:
     """Launch options of a decode kernel (shared with scripts/kernel_registers.py): value columns per program
     BV (32 on GPU: the step is parallel over B * Hkv x Dv / 32 programs; whole in the interpreter), head-dim
-    block BD of the window's loads, and num_warps: the rotated window (W x D, fp32) sits in registers, and
-    from 16k elements on 4 warps spill (ptxas, sm_90). LoLCATs passes 2 W: it shifts a W x 2D feature buffer
-    beside the window."""
-    return dict(BV=min(DV, 32) if device_is_cuda else DV, BD=min(D, 32), num_warps=8 if W * D >= 16384 else 4)
+    block BD of the hedgehog projections, the query heads of a kv head as a tile of GP rows and the window as
+    WP slots (both padded to ``tl.dot``'s 16), and num_warps: the rotated window (WP x D, fp32) sits in
+    registers, and from 16k elements on 4 warps spill (ptxas, sm_90); LoLCATs (``feature_buffer``) shifts a
+    W x 2D feature buffer beside it."""
+    WP = max(16, _next_pow2(W))
+    return dict(BV=min(DV, 32) if device_is_cuda else DV, BD=min(D, 32), GP=max(16, _next_pow2(G)), WP=WP,
+                num_warps=8 if (2 if feature_buffer else 1) * WP * D >= 16384 else 4)
 
 
 def _last_column(key_valid) -> tuple[int, int]:
@@ -425,13 +433,15 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
     HKV = k.shape[1]
     G, DV = H // HKV, v.shape[-1]
     f = _flags(spec)
-    P = _state_params(core, hidden)
+    P = _state_params(core, None)
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
     cos, sin, scb, _ = _cos_sin(cos, sin, B, 1, D)
     o = torch.empty(B, H, 1, DV, device=q.device, dtype=v.dtype)
     new_state = {}
     dummy = o
-    s_old = s_new = kb = vb = kb_new = vb_new = wvalid_old = wvalid_new = dummy
+    s_old = s_new = kb = vb = kb_new = vb_new = wvalid_old = wvalid_new = hid = gw = gb = dummy
+    if f.gate == 2:  # the kernel takes logsigmoid(gate_proj(hidden)) of the step itself
+        hid, gw, gb = _lastdim_contig(hidden), core.gate_proj.weight, core.gate_proj.bias
     W = 1
     if f.has_lin:
         s_old = state["linear"].float().contiguous()
@@ -444,12 +454,12 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         wvalid_old = state["valid"].contiguous()
         wvalid_new = torch.empty_like(wvalid_old)
         new_state.update(k=kb_new, v=vb_new, valid=wvalid_new)
-    cfg = _decode_launch(W, D, DV, _on_gpu(q))
+    cfg = _decode_launch(W, D, DV, G, _on_gpu(q))
     _hybrid_decode[(B * HKV, DV // cfg["BV"])](
-        q, k, v, cos, sin, _ptr(key_valid, dummy), _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
+        q, k, v, cos, sin, _ptr(key_valid, dummy), hid, gw, gb, _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(P.alpha, dummy), _ptr(P.sinks, dummy), s_old, s_new, kb, vb, kb_new, vb_new, wvalid_old, wvalid_new, o,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), scb,
-        o.stride(0), o.stride(1), *_last_column(key_valid),
+        o.stride(0), o.stride(1), *_last_column(key_valid), hid.stride(0), gw.stride(0), gw.shape[-1],
         HKV, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         G=G, D=D, DV=DV, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate, FMAP=f.fmap, NORM=f.norm,
         NS=f.ns, MIXP=f.mixp, HAS_KV=key_valid is not None, **cfg,
@@ -468,10 +478,11 @@ def _learned_inputs(core, hidden):
     """The learned parameters the kernels read, as autograd inputs (gradients flow back to them).
 
     The learned gate's logits are a small linear map of the hidden states: torch computes the per-token
-    per-kv-head log-gate ``logsigmoid(gate_proj(hidden))`` (B, Hkv, T) and the kernel takes it from there."""
+    per-kv-head log-gate ``logsigmoid(gate_proj(hidden))`` (B, Hkv, T) and the kernel takes it from there;
+    ``hidden=None`` leaves it out (the decode kernel computes it from ``gate_proj``'s weights itself)."""
     f = _flags(core.spec)
     lg = wq = wk = alpha = sinks = None
-    if f.gate == 2:
+    if f.gate == 2 and hidden is not None:
         lg = torch.nn.functional.logsigmoid(core.gate_proj(hidden).float()).transpose(1, 2)
     if f.fmap:
         wq, wk = core.feature_map_q.weight, core.feature_map_k.weight
@@ -580,7 +591,7 @@ def _decode_lolcats(core, q, k, v, cos, sin, key_valid, scale, state):
     wvalid_old = state["valid"].contiguous()
     new_state = dict(linear=torch.empty_like(s_old), k=torch.empty_like(kb), v=torch.empty_like(vb),
                      valid=torch.empty_like(wvalid_old), kfeat=torch.empty_like(fb))
-    cfg = _decode_launch(2 * W, D, DV, _on_gpu(q))
+    cfg = _decode_launch(W, D, DV, H // HKV, _on_gpu(q), feature_buffer=True)
     with torch.no_grad():
         _lolcats_decode[(B * HKV, DV // cfg["BV"])](
             q, k, v, cos, sin, _ptr(key_valid, o), core.feature_map_q.weight,
