@@ -8,13 +8,17 @@ GPU's launch configuration and real argument dtypes (``linearize.kernels.offline
 one is compiled and must fit sm_90's shared memory per block. Prints one JSON line per compiled launch, then a
 summary line; exits 1 if any failed.
 
-    python tests/compile_launches.py [--dtypes bf16,fp16,fp32] [--D 128]
+    python tests/compile_launches.py [--dtypes bf16,fp16,fp32] [--D 128] [--jobs N]
+
+The distinct launches compile in ``--jobs`` forked processes (default: one per core).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -75,10 +79,28 @@ def drive(spec: AttentionSpec, dtype: torch.dtype, D: int) -> list[str]:
     return fallbacks
 
 
+JOBS: list = []  # (variant, dtype, launch) to compile; forked workers read it by index
+
+
+def compile_row(i: int) -> dict:
+    """Compile ``JOBS[i]``; its report row (ok: fits sm_90's shared memory per block)."""
+    vname, dname, launch = JOBS[i]
+    t0 = time.time()
+    row = {"kernel": launch.name, "variant": vname, "dtype": dname}
+    try:
+        shared = compile_launch(launch).metadata.shared
+        row.update(ok=shared <= SM90_SHARED_BYTES, shared_bytes=shared)
+    except Exception as e:  # noqa: BLE001
+        row.update(ok=False, error=f"{type(e).__name__}: {str(e).strip()[-400:]}")
+    row["s"] = round(time.time() - t0, 1)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="bf16,fp16,fp32")
     ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
     use_target(90)
     distinct, failed = {}, 0
@@ -90,18 +112,11 @@ def main() -> int:
                 print(json.dumps({"variant": vname, "dtype": dname, "reference": why}), flush=True)
             for launch in launches:
                 distinct.setdefault(launch.key(), (vname, dname, launch))
-    for vname, dname, launch in distinct.values():
-        t0 = time.time()
-        row = {"kernel": launch.name, "variant": vname, "dtype": dname}
-        try:
-            shared = compile_launch(launch).metadata.shared
-            row.update(ok=shared <= SM90_SHARED_BYTES, shared_bytes=shared)
+    JOBS[:] = distinct.values()
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        for row in pool.map(compile_row, range(len(JOBS))):
             failed += not row["ok"]
-        except Exception as e:  # noqa: BLE001
-            failed += 1
-            row.update(ok=False, error=f"{type(e).__name__}: {str(e).strip()[-400:]}")
-        row["s"] = round(time.time() - t0, 1)
-        print(json.dumps(row), flush=True)
+            print(json.dumps(row), flush=True)
     print(json.dumps({"compiled": len(distinct) - failed, "failed": failed,
                       "kernels": sorted({launch.name for _, _, launch in distinct.values()})}), flush=True)
     return 1 if failed else 0

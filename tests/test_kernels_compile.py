@@ -4,7 +4,7 @@ The interpreter tests run the kernels but never compile them, and the interprete
 whose two branches took pointers of different dtypes ran there and failed to compile on the first GPU run.
 ``compile_launches.py`` records the launches of training, prefill and decode for every variant and dtype on CPU
 tensors (the GPU's launch configuration and argument dtypes) and compiles each with Triton's compiler
-(~2 min on 2 cores)."""
+(~3 min on 2 slow cores, in parallel)."""
 
 from __future__ import annotations
 
