@@ -16,8 +16,8 @@ matching two halves of its F = 2D rows.
 The G query heads of the kv head are one tile of GP rows (G padded to a power of two >= 16, ``tl.dot``'s
 smallest M), so their state read-out ``phi(q) S``, window scores and ``p V`` are fp32 dots (``_dot32``)
 and their softmaxes row reductions, instead of a loop of G dependent passes of vector reductions: a program
-moves a few tens of kilobytes, so its chain of dependent steps, not memory, sets the step's time (the
-looped kernel took 0.124 ms on an H200 for ~6 us worth of data). The window is padded the same way to
+moves a few tens of kilobytes, so its chain of dependent steps, not memory, most likely sets the step's
+time (the looped kernel took 0.124 ms on an H200 for ~6 us worth of data). The window is padded the same way to
 WP >= 16 slots (the padding invalid).
 """
 
