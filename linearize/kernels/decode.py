@@ -26,6 +26,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .hybrid_chunked import _logsigmoid
+
 
 @triton.jit
 def _softmax_vec(x):
@@ -79,8 +81,7 @@ def _learned_log_gate(h_ptr, w_ptr, b_ptr, HS):
         c = c0 + tl.arange(0, _HIDDEN_BLOCK)
         acc += (tl.load(h_ptr + c, mask=c < HS, other=0.0).to(tl.float32)
                 * tl.load(w_ptr + c, mask=c < HS, other=0.0).to(tl.float32))
-    x = tl.sum(acc, 0) + tl.load(b_ptr).to(tl.float32)
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+    return _logsigmoid(tl.sum(acc, 0) + tl.load(b_ptr).to(tl.float32))
 
 
 @triton.jit
@@ -224,7 +225,7 @@ def _hybrid_decode(
                 zb = tl.load(s_ptr + rows_b + DV)
         if GATE == 1:
             kraw = tl.load(kp + cols).to(tl.float32)
-            ea = tl.exp((tl.minimum(kraw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(kraw)))) / gate_scale * valf)
+            ea = tl.exp(_logsigmoid(kraw) / gate_scale * valf)
             Sa = Sa * ea[:, None]
             if NORM:
                 za = za * ea
