@@ -34,6 +34,13 @@ except Exception:  # noqa: BLE001 - any import problem means "use the reference"
     hybrid_attention_kernel = None
 
 FORCE_REFERENCE_ENV = "LINEARIZE_FORCE_REFERENCE"
+
+
+def reference_forced() -> bool:
+    """``LINEARIZE_FORCE_REFERENCE=1``: CUDA tensors take the PyTorch reference instead of the kernels."""
+    return os.environ.get(FORCE_REFERENCE_ENV, "0") == "1"
+
+
 PADDING_MASK_KWARG = "linear_padding_mask"
 ATTENTION_MODES = ("hybrid", "teacher", "transfer")
 
@@ -79,7 +86,7 @@ class LinearizedAttention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _use_kernel(self, q: torch.Tensor) -> bool:
-        return hybrid_attention_kernel is not None and q.is_cuda and os.environ.get(FORCE_REFERENCE_ENV, "0") != "1"
+        return hybrid_attention_kernel is not None and q.is_cuda and not reference_forced()
 
     def forward(
         self,
@@ -96,7 +103,9 @@ class LinearizedAttention(nn.Module):
         cos, sin = position_embeddings
         use_kernel = self.attention_mode != "teacher" and self._use_kernel(q_raw)
         # The kernel rotates inside; the reference and the teacher path take rotated q/k.
-        q_rope, k_rope = (None, None) if use_kernel else apply_rope(q_raw, cos, sin), apply_rope(k_raw, cos, sin)
+        q_rope = k_rope = None
+        if not use_kernel:
+            q_rope, k_rope = apply_rope(q_raw, cos, sin), apply_rope(k_raw, cos, sin)
         padding = kwargs.get(PADDING_MASK_KWARG)  # bool (B, past + T), only when some token is padding
         key_valid = padding[:, -T:] if padding is not None else None
 

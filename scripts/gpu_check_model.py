@@ -6,15 +6,20 @@ For every shipped recipe, a random Llama (2 layers, H=8, H_kv=2, D=128) is conve
 (3) greedy ``generate`` (kernel prefill + decode steps through the cache) against the reference's: tokens
     agreeing before the first divergence, and the logits' error over them;
 (4) one training step under bf16 autocast (fp32 weights, ``use_cache=False`` as in training; gradients
-    through a decoding cache take the reference): grads of q_proj and of the new parameters, kernel
-    vs reference, each against the fp32 reference;
+    through a decoding cache take the reference), for recovery (the LM loss) and attention transfer (each
+    layer's MSE to the teacher's output): grads of q_proj and of the new parameters, kernel vs reference,
+    each against the fp32 reference;
 (5) model fwd+bwd time at B=2, T=4096, kernels vs reference.
 A row passes when each kernel error is <= max(tol, 2 x the bf16 reference's own). Prints a table; writes
 $OUT/gpu_check_model.md when $OUT is set. Run from the repo root: python3 scripts/gpu_check_model.py
+
+CPU plumbing test: python scripts/gpu_check_model.py --smoke (a tiny model, the kernels in the Triton
+interpreter, no timing; ~10 min on 2 cores).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import os
@@ -23,18 +28,38 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
-import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
-from triton.testing import do_bench
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--smoke", action="store_true",
+                help="tiny model on CPU, the kernels in the Triton interpreter (plumbing only, no timing)")
+ap.add_argument("--recipes", default=None, help="comma-separated subset of the shipped recipes (default: all)")
+ARGS = ap.parse_args()
+SMOKE = ARGS.smoke
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from linearize import AttentionSpec, linearize_model  # noqa: E402
-from linearize.modeling_linearized import FORCE_REFERENCE_ENV  # noqa: E402
+from linearize.modeling_linearized import FORCE_REFERENCE_ENV, LinearizedAttention, reference_forced  # noqa: E402
 
-dev = "cuda"
+dev = "cpu" if SMOKE else "cuda"
 TOL = 2e-2
+if SMOKE:  # the module takes the kernels for CUDA tensors only; here for the interpreter's CPU ones too
+    LinearizedAttention._use_kernel = lambda self, q: not reference_forced()
+MODEL = (dict(vocab_size=256, hidden_size=128, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=32) if SMOKE else
+         dict(vocab_size=1024, hidden_size=1024, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=2,
+              head_dim=128))
+VOCAB = MODEL["vocab_size"]
+# Longer than every shipped window (Lizard's 128), so that each branch sees keys beyond it; the smoke prompt too,
+# so that its decode steps slide the window.
+B, T, PAD = (2, 144, 11) if SMOKE else (2, 300, 37)
+PROMPT, NEW = (136, 4) if SMOKE else (64, 24)
 
 
 def set_reference(on: bool) -> None:
@@ -48,9 +73,8 @@ def rel(a, b) -> float:
 def student(recipe: str):
     spec = yaml.safe_load((ROOT / "linearize" / "recipes" / f"{recipe}.yaml").read_text())["attention"]
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=1024, hidden_size=1024, intermediate_size=1024, num_hidden_layers=2,
-                      num_attention_heads=8, num_key_value_heads=2, head_dim=128, max_position_embeddings=8192,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(**MODEL, num_hidden_layers=2, max_position_embeddings=8192, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2)
     model = linearize_model(LlamaForCausalLM(cfg), AttentionSpec(**spec)).to(dev).eval()
     with torch.no_grad():  # learned parts away from their initial values
         for name, p in model.named_parameters():
@@ -68,8 +92,8 @@ def logits(model, ids, mask, reference):
 def check(recipe: str) -> dict:
     model32 = student(recipe)
     model16 = copy.deepcopy(model32).bfloat16()
-    B, T, pad = 2, 300, 37
-    ids = torch.randint(3, 1024, (B, T), device=dev)
+    pad = PAD
+    ids = torch.randint(3, VOCAB, (B, T), device=dev)
     mask = torch.ones(B, T, dtype=torch.long, device=dev)
     mask[1, :pad] = 0
     ids[1, :pad] = 0
@@ -81,34 +105,39 @@ def check(recipe: str) -> dict:
     padded = logits(model16, ids, mask, False)[1, pad:]
     r["padded_vs_alone"] = rel(padded, alone)
 
-    prompt, pmask = ids[:, :64], mask[:, :64]
+    prompt, pmask = ids[:, :PROMPT], mask[:, :PROMPT]
     gens = {}
     for name, reference in (("kernel", False), ("reference", True)):
         set_reference(reference)
         with torch.no_grad():
-            g = model16.generate(prompt, attention_mask=pmask, max_new_tokens=24, do_sample=False,
+            g = model16.generate(prompt, attention_mask=pmask, max_new_tokens=NEW, do_sample=False,
                                  output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-        gens[name] = (g.sequences[:, 64:], torch.stack(g.logits, 1).float())
+        gens[name] = (g.sequences[:, PROMPT:], torch.stack(g.logits, 1).float())
     same = (gens["kernel"][0] == gens["reference"][0]).all(0)
     n = int(same.long().cumprod(0).sum())
-    r["generate_agree"] = f"{n}/24"
+    r["generate_agree"] = f"{n}/{NEW}"
     r["generate_logits"] = rel(gens["kernel"][1][:, : max(n, 1)], gens["reference"][1][:, : max(n, 1)])
 
     labels = ids.masked_fill(~keep, -100)
-    grads = {}
-    for name, reference, autocast in (("kernel", False, True), ("ref16", True, True), ("ref32", True, False)):
-        set_reference(reference)
-        model32.zero_grad(set_to_none=True)
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
-            loss = model32(ids, attention_mask=mask, labels=labels, use_cache=False).loss
-        loss.backward()
-        grads[name] = {n: p.grad.detach().clone() for n, p in model32.named_parameters()
-                       if p.grad is not None and (".core." in n or "q_proj" in n)}
-    for name in ("kernel", "ref16"):
-        r[f"grads_{name}"] = max(rel(grads[name][n], g) for n, g in grads["ref32"].items())
+    for stage in ("recovery", "transfer"):
+        model32.set_attention_mode("transfer" if stage == "transfer" else "hybrid")
+        grads = {}
+        for name, reference, autocast in (("kernel", False, True), ("ref16", True, True), ("ref32", True, False)):
+            set_reference(reference)
+            model32.zero_grad(set_to_none=True)
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+                out = model32(ids, attention_mask=mask, labels=labels, use_cache=False)
+            loss = (sum(m.transfer_loss for m in model32.modules() if isinstance(m, LinearizedAttention))
+                    if stage == "transfer" else out.loss)
+            loss.backward()
+            grads[name] = {n: p.grad.detach().clone() for n, p in model32.named_parameters()
+                           if p.grad is not None and (".core." in n or "q_proj" in n)}
+        for name in ("kernel", "ref16"):
+            r[f"{stage}_grads_{name}"] = max(rel(grads[name][n], g) for n, g in grads["ref32"].items())
+    model32.set_attention_mode("hybrid")
 
-    x = torch.randint(3, 1024, (2, 4096), device=dev)
-    for name, reference in (("kernel", False), ("reference", True)):
+    x = torch.randint(3, VOCAB, (2, 4096), device=dev)
+    for name, reference in () if SMOKE else (("kernel", False), ("reference", True)):
         set_reference(reference)
 
         def step():
@@ -120,33 +149,44 @@ def check(recipe: str) -> dict:
         except torch.OutOfMemoryError:
             r[f"fwdbwd_ms_{name}"] = float("nan")
         torch.cuda.empty_cache()
-    r["ok"] = (all(math.isfinite(r[k]) for k in ("logits", "generate_logits", "grads_kernel"))
+    for name in ("kernel", "reference"):
+        r.setdefault(f"fwdbwd_ms_{name}", float("nan"))
+    grads_ok = all(r[f"{s}_grads_kernel"] <= max(TOL, 2 * r[f"{s}_grads_ref16"]) for s in ("recovery", "transfer"))
+    r["ok"] = (all(math.isfinite(r[k]) for k in ("logits", "generate_logits", "recovery_grads_kernel",
+                                                  "transfer_grads_kernel"))
                and r["logits"] <= max(TOL, 2 * r["logits_ref16"]) and r["padded_vs_alone"] <= TOL
-               and r["grads_kernel"] <= max(TOL, 2 * r["grads_ref16"]) and r["generate_logits"] <= TOL)
+               and grads_ok and r["generate_logits"] <= TOL)
     return r
 
 
 def main() -> None:
     t0 = time.time()
     rows = []
-    for recipe in sorted(p.stem for p in (ROOT / "linearize" / "recipes").glob("*.yaml")):
+    shipped = sorted(p.stem for p in (ROOT / "linearize" / "recipes").glob("*.yaml"))
+    recipes = ARGS.recipes.split(",") if ARGS.recipes else shipped
+    if set(recipes) - set(shipped):
+        ap.error(f"--recipes: unknown {sorted(set(recipes) - set(shipped))}; choose from {', '.join(shipped)}")
+    for recipe in recipes:
         try:
             rows.append(check(recipe))
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rows.append({"recipe": recipe, "error": repr(e)[:200], "ok": False})
         print(rows[-1], flush=True)
-    lines = [f"# converted model on {torch.cuda.get_device_name()} ({time.strftime('%Y-%m-%d')}), "
+    card = "cpu, TRITON_INTERPRET=1 (--smoke)" if SMOKE else torch.cuda.get_device_name()
+    lines = [f"# converted model on {card} ({time.strftime('%Y-%m-%d')}), "
              f"torch {torch.__version__}, {time.time() - t0:.0f} s", "",
              "| recipe | logits kernel / ref bf16 | padded vs alone | generate agree | generate logits | "
-             "grads kernel / ref bf16 | fwd+bwd ms kernel / ref (B2 T4096) | ok |", "|---|---|---|---|---|---|---|---|"]
+             "grads kernel / ref bf16 | transfer grads kernel / ref bf16 | fwd+bwd ms kernel / ref (B2 T4096) | ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | ERROR {r['error'][:100]} | | | | | | False |")
+            lines.append(f"| {r['recipe']} | ERROR {r['error'][:100]} | | | | | | | False |")
             continue
         lines.append(f"| {r['recipe']} | {r['logits']:.1e} / {r['logits_ref16']:.1e} | {r['padded_vs_alone']:.1e} | "
-                     f"{r['generate_agree']} | {r['generate_logits']:.1e} | {r['grads_kernel']:.1e} / "
-                     f"{r['grads_ref16']:.1e} | {r['fwdbwd_ms_kernel']:.1f} / {r['fwdbwd_ms_reference']:.1f} | "
+                     f"{r['generate_agree']} | {r['generate_logits']:.1e} | {r['recovery_grads_kernel']:.1e} / "
+                     f"{r['recovery_grads_ref16']:.1e} | {r['transfer_grads_kernel']:.1e} / "
+                     f"{r['transfer_grads_ref16']:.1e} | {r['fwdbwd_ms_kernel']:.1f} / {r['fwdbwd_ms_reference']:.1f} | "
                      f"{r['ok']} |")
     lines += ["", f"all model checks ok: {all(r['ok'] for r in rows)}"]
     report = "\n".join(lines)

@@ -4,10 +4,11 @@ With bf16 inputs the kernels store the chunk states and their gradients in ``chu
 under the learned gate and for a prefill into a decoding state). This prints, for the same inputs, the
 relative errors of the output, the q / k / v gradients and the learned parameters' gradients (training), and
 of the output and the final decoding state (prefill), once as shipped and once with every state stored in
-fp32, so that what the bf16 storage costs is a number. The interpreter emulates bf16 dots (operands rounded
+fp32, so that what the bf16 storage costs is a number. Lizard ships fp32 states (its learned gate's gradient);
+``--variants lizard`` shows what bf16 ones would cost it. The interpreter emulates bf16 dots (operands rounded
 to bf16, fp32 products), as on tensor cores.
 
-    .venv/bin/python scripts/state_dtype_error.py [--variants liger,lolcats] [--T 96] [--prefill-T 320]
+    .venv/bin/python scripts/state_dtype_error.py [--variants liger,lolcats,lizard] [--T 96] [--prefill-T 320]
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def with_state_dtype(rule, fn, *args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", default="liger,lolcats", help="comma-separated subset of liger, lolcats")
+    ap.add_argument("--variants", default="liger,lolcats", help="comma-separated subset of liger, lolcats, lizard")
     ap.add_argument("--T", type=int, default=96, help="training sequence length (chunks of 32)")
     ap.add_argument("--prefill-T", type=int, default=320, help="Liger-GLA prefill length (0: skip)")
     args = ap.parse_args()
     names = args.variants.split(",")
-    unknown = sorted(set(names) - {"liger", "lolcats"})
+    unknown = sorted(set(names) - {"liger", "lolcats", "lizard"})
     if unknown:
-        ap.error(f"--variants: unknown {unknown}; choose from liger, lolcats (Lizard's states are always fp32)")
+        ap.error(f"--variants: unknown {unknown}; choose from liger, lolcats, lizard")
     print(f"relative error against the fp32 reference, bf16 inputs, Triton interpreter (torch {torch.__version__})\n")
     print("| case | tensor | fp32 states | as shipped | bf16 states everywhere |")
     print("|---|---|---|---|---|")

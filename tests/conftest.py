@@ -9,6 +9,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+if os.environ["TRITON_INTERPRET"] == "1":
+    import triton_interpreter  # noqa: E402
+
+    triton_interpreter.install()
+
 
 @pytest.fixture(scope="session")
 def smollm2():
