@@ -16,6 +16,7 @@ from linearize import AttentionSpec, linearize_model
 from linearize.kernels import kernel_fallback_reason
 from linearize.modeling_linearized import FORCE_REFERENCE_ENV, LinearizedAttention
 from linearize.training import linearized_attentions, set_attention_mode
+from test_kernels import _rel
 from tiny_models import tiny_model
 
 SPECS = {
@@ -23,10 +24,6 @@ SPECS = {
     "lizard": AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=16, num_sinks=4,
                             mix="learned"),
 }
-
-
-def _rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 @pytest.fixture
