@@ -23,6 +23,7 @@ SPECS = {
     "liger-gla": AttentionSpec(window=16),
     "lizard": AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=16, num_sinks=4,
                             mix="learned"),
+    "lolcats": AttentionSpec(feature_map="hedgehog", gate="none", window=32, mix="shared"),
 }
 
 
@@ -84,21 +85,23 @@ def _loss_and_grads(model, ids, mask, stage_mode=None):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("variant,stage_mode", [("liger-gla", None), ("lizard", None), ("lizard", "transfer")],
-                         ids=["liger-gla-recovery", "lizard-recovery", "lizard-transfer"])
+@pytest.mark.parametrize("variant,stage_mode",
+                         [("liger-gla", None), ("lizard", None), ("lolcats", None), ("lizard", "transfer")],
+                         ids=["liger-gla-recovery", "lizard-recovery", "lolcats-recovery", "lizard-transfer"])
 def test_training_step_on_kernels_matches_reference(on_kernels, monkeypatch, variant, stage_mode):
     """A padded training step (``use_cache=False``): logits (or, in attention transfer, each layer's MSE
     to the teacher's output) and the gradient of every parameter that gets one, kernels vs reference, fp32.
     Transfer mode on the kernels crashed until session 8 (the module handed the teacher a tuple for q)."""
     model = _student(variant)
-    ids, mask = _padded_batch(right_pad=7)
+    # most rows see keys past the window (LoLCATs' window_factor only acts there)
+    ids, mask = _padded_batch(T=max(40, 2 * SPECS[variant].window + 8), right_pad=7)
     out, grads = _loss_and_grads(model, ids, mask, stage_mode)
     assert on_kernels == ["chunked"]
     _reference(monkeypatch, True)
     ref, ref_grads = _loss_and_grads(model, ids, mask, stage_mode)
     assert on_kernels == ["chunked"]
     assert _rel(out, ref) <= 1e-4
-    learned = {n for n, _ in model.named_parameters() if ".core." in n}  # Lizard's; Liger-GLA adds none
+    learned = {n for n, _ in model.named_parameters() if ".core." in n}  # none in Liger-GLA
     assert set(grads) == set(ref_grads) and learned | {"model.layers.0.self_attn.q_proj.weight"} <= set(grads)
     for n, g in ref_grads.items():
         assert _rel(grads[n], g) <= 1e-4, n
@@ -106,10 +109,11 @@ def test_training_step_on_kernels_matches_reference(on_kernels, monkeypatch, var
 
 @pytest.mark.parametrize("variant", list(SPECS))
 def test_generate_on_kernels_matches_reference(on_kernels, monkeypatch, variant):
-    """Greedy ``generate`` from a left-padded prompt: kernel prefill, then a decode launch per layer and step,
-    gives the reference's tokens and logits."""
+    """Greedy ``generate`` from a left-padded prompt longer than the window (LoLCATs: keys leave the window
+    into the linear state in the prefill and during decoding): kernel prefill, then a decode launch per layer
+    and step, gives the reference's tokens and logits."""
     model = _student(variant)
-    ids, mask = _padded_batch(T=24, pad=5)
+    ids, mask = _padded_batch(T=max(24, SPECS[variant].window + 5), pad=5)
     runs = {}
     for name, reference in (("kernel", False), ("reference", True)):
         _reference(monkeypatch, reference)
@@ -122,11 +126,11 @@ def test_generate_on_kernels_matches_reference(on_kernels, monkeypatch, variant)
     assert _rel(runs["kernel"][1], runs["reference"][1]) <= 1e-4
 
 
-
 def test_bf16_autocast_training_step_on_kernels(on_kernels, monkeypatch):
     """Training on a GPU runs under bf16 autocast (``make_accelerator``): fp32 weights, bf16 projections into the
-    kernels, and (Lizard) fp32 gate / feature-map weights read beside them. Logits and gradients, kernels and the reference each under autocast, against the fp32 reference: the
-    kernels' error stays within max(2e-2, 2x the bf16 reference's own), the rule of scripts/gpu_check_model.py."""
+    kernels, and (Lizard) fp32 gate / feature-map weights read beside them. Logits and gradients, kernels and
+    the reference each under autocast, against the fp32 reference: the kernels' error stays within
+    max(2e-2, 2x the bf16 reference's own), the rule of scripts/gpu_check_model.py."""
     model = _student("lizard")
     ids, mask = _padded_batch()
     runs = {}
