@@ -3,11 +3,34 @@
 ``--fsdp2`` shards with FSDP2 through accelerate's own preparation (``fully_shard`` per decoder layer).
 Accelerate only routes FSDP when GPUs are present, so this launcher switches its state to FSDP after
 creating it; everything after that is the code path of a GPU FSDP2 run.
+
+``--kernels`` routes the attention modules to the Triton kernels for CPU tensors too (they run in the
+interpreter: ``TRITON_INTERPRET=1`` comes from the test's environment), as they are for CUDA tensors, and
+fails on any call that would fall back to the reference.
 """
 
 import sys
 
 import linearize.training as training
+
+if "--kernels" in sys.argv:
+    sys.argv.remove("--kernels")
+    import triton_interpreter  # tests/, this script's folder
+
+    import linearize.modeling_linearized as modeling
+    from linearize.kernels import kernel_fallback_reason
+
+    triton_interpreter.install()
+    _kernel = modeling.hybrid_attention_kernel
+
+    def checked_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state):
+        reason = kernel_fallback_reason(core, q_raw, k_raw, v, softcap, state)
+        if reason is not None:
+            raise RuntimeError(f"--kernels: this call would fall back to the reference: {reason}")
+        return _kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
+
+    modeling.hybrid_attention_kernel = checked_kernel
+    modeling.LinearizedAttention._use_kernel = lambda self, q: True
 
 FSDP2 = "--fsdp2" in sys.argv
 if FSDP2:
