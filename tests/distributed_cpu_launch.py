@@ -16,21 +16,10 @@ import linearize.training as training
 if "--kernels" in sys.argv:
     sys.argv.remove("--kernels")
     import triton_interpreter  # tests/, this script's folder
-
-    import linearize.modeling_linearized as modeling
-    from linearize.kernels import kernel_fallback_reason
+    from kernel_routing import route_attention_to_kernels
 
     triton_interpreter.install()
-    _kernel = modeling.hybrid_attention_kernel
-
-    def checked_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state):
-        reason = kernel_fallback_reason(core, q_raw, k_raw, v, softcap, state)
-        if reason is not None:
-            raise RuntimeError(f"--kernels: this call would fall back to the reference: {reason}")
-        return _kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
-
-    modeling.hybrid_attention_kernel = checked_kernel
-    modeling.LinearizedAttention._use_kernel = lambda self, q: True
+    route_attention_to_kernels()
 
 FSDP2 = "--fsdp2" in sys.argv
 if FSDP2:

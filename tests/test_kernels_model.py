@@ -11,10 +11,9 @@ CPU tensors, and every call is checked to reach the kernels rather than their re
 import pytest
 import torch
 
-import linearize.modeling_linearized as modeling
+from kernel_routing import route_attention_to_kernels
 from linearize import AttentionSpec, linearize_model
-from linearize.kernels import kernel_fallback_reason
-from linearize.modeling_linearized import FORCE_REFERENCE_ENV, LinearizedAttention
+from linearize.modeling_linearized import FORCE_REFERENCE_ENV
 from linearize.training import linearized_attentions, set_attention_mode
 from test_kernels import _rel
 from tiny_models import tiny_model
@@ -31,19 +30,8 @@ SPECS = {
 def on_kernels(monkeypatch):
     """Route the converted model's CPU attention to the kernels unless ``LINEARIZE_FORCE_REFERENCE=1``; yield a
     list that records each kernel call (prefill / training vs decode step)."""
-    calls = []
-    kernel = modeling.hybrid_attention_kernel
-
-    def checked_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scaling, key_valid, softcap, state):
-        reason = kernel_fallback_reason(core, q_raw, k_raw, v, softcap, state)
-        assert reason is None, reason
-        calls.append("decode" if q_raw.shape[2] == 1 and state is not None else "chunked")
-        return kernel(core, q_raw, k_raw, v, cos, sin, hidden, scaling, key_valid, softcap, state)
-
-    monkeypatch.setattr(modeling, "hybrid_attention_kernel", checked_kernel)
-    monkeypatch.setattr(LinearizedAttention, "_use_kernel", lambda self, q: not modeling.reference_forced())
     monkeypatch.setenv(FORCE_REFERENCE_ENV, "0")
-    return calls
+    return route_attention_to_kernels(monkeypatch.setattr)
 
 
 def _reference(monkeypatch, on):

@@ -253,14 +253,16 @@ def _cli_run(root, name: str, launcher: list[str], *extra: str):
     return proc
 
 
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(run_dir) -> list[float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] if "loss" in r else r["val_loss"] for r in rows]
+    return [r["loss"] if "loss" in r else r["val_loss"] for r in _metrics(run_dir)]
 
 
 def _grad_norms(run_dir) -> list[float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["grad_norm"] for r in rows if "grad_norm" in r]
+    return [r["grad_norm"] for r in _metrics(run_dir) if "grad_norm" in r]
 
 
 def _logits(model_dir) -> torch.Tensor:
