@@ -30,9 +30,12 @@ def install() -> bool:
     if original is None or scope_type is None or getattr(original, "per_launch", False):
         return getattr(original, "per_launch", False)
     patched: list[set[int]] = []  # per active launch: the language modules already patched
+    modules_of: dict = {}  # function -> the language modules its globals name (fixed once imported)
 
     def language_modules(fn) -> set[int]:
-        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+        if fn not in modules_of:
+            modules_of[fn] = {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+        return modules_of[fn]
 
     def patch_lang(fn):
         modules = language_modules(fn)
@@ -49,7 +52,7 @@ def install() -> bool:
             restore()
 
         scope.restore = restore_launch
-        patched.append(modules)
+        patched.append(set(modules))  # grows during the launch; the cached set stays
         return scope
 
     patch_lang.per_launch = True
