@@ -382,6 +382,30 @@ else:
     for args in SELECTED:
         run_check(*kind_of(args), args)
 
+
+def check_preflight():
+    """The shared-memory preflight of GPUs other than sm_90 (linearize/kernels/shared_memory.py) on this device's
+    own driver: told the GPU gives a block 99 KiB, it records Lizard's training launches on CUDA tensors,
+    compiles them here and must name ``_hybrid_bwd_q`` (172032 B compiled for sm_90 on CPU)."""
+    from linearize.kernels.shared_memory import shared_memory_fallback
+
+    core = make_core("lizard", 32, 8, 128, 128).to(torch.bfloat16)
+    q = torch.zeros(1, 32, 1, 128, device=dev, dtype=torch.bfloat16)
+    why = shared_memory_fallback(core, q, q[:, :8], None, True, (89, 101376))
+    return {"shape": "Lizard train H 32/8 D 128 bf16, told 99 KiB per block", "verdict": why, "ref": {}, "tol": "-",
+            "ok": why is not None and why.startswith("_hybrid_bwd_q needs")}
+
+
+if "checks" in RUN and WORKER is None and not SMOKE:  # needs Triton's compiler (the interpreter runs kernels)
+    PLANNED.append(("preflight",))
+    try:
+        row = {"check": "shared-memory preflight", **check_preflight()}
+    except Exception as e:  # noqa: BLE001
+        row = {"check": "shared-memory preflight", "error": repr(e)[:300], "ok": False}
+        traceback.print_exc()
+    CHECKS.append(row)
+    print(row, flush=True)
+
 # ----------------------------------------------------------------------------- shapes of (b), (c)
 H, HKV, D = (4, 2, 32) if SMOKE else (32, 8, 128)
 PROF_B, PROF_T = (1, 128) if SMOKE else (2, 8192)  # the profile's and the sweep's shape

@@ -49,7 +49,7 @@ from linearize.kernels import decode as _decode_mod  # noqa: E402
 from linearize.kernels import hybrid_chunked as _hc  # noqa: E402
 from linearize.kernels import lolcats_chunked as _lc  # noqa: E402
 from linearize.kernels.hybrid_chunked import chunk_state_dtype  # noqa: E402
-from linearize.kernels.offline_compile import use_target  # noqa: E402
+from linearize.kernels.offline_compile import SHARED_PER_BLOCK, use_target  # noqa: E402
 from linearize.kernels.lolcats_chunked import lolcats_config  # noqa: E402
 from linearize.recipes import load_recipe, shipped_recipes  # noqa: E402
 
@@ -67,7 +67,6 @@ BOOLS = {"kv", "wvalid_new", "wvalid_old"}  # the decode kernels read the model'
 FLOATS = {"scale", "gate_scale", "mix_lin", "mix_win", "eps"}
 INTS = {"T": T, "HKV": HKV, "NT": T // 64, "kv_last": T - 1, "HS": 4096}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}  # opt-in max per block
 
 
 def _ptr_dtype(name, act, state):
@@ -116,10 +115,10 @@ def _decode_job(name, constexprs, W, D, feature_buffer=False):
     return (name, "decode", {**constexprs, **ce}, {}, opts)
 
 
-def launches(spec, D, dtype=torch.bfloat16):
-    """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D, with the
-    block sizes, num_warps and num_stages the launchers take from ``_blocks`` / ``_launch`` /
-    ``lolcats_config`` (imported, not copied)."""
+def launches(spec, D, dtype=torch.bfloat16, arch=90):
+    """(kernel, pass, constexprs, ints, options) for every launch of ``spec`` at head dim D on a GPU of compute
+    capability ``arch``, with the block sizes, num_warps and num_stages the launchers take from ``_blocks`` /
+    ``_launch`` / ``lolcats_config`` (imported, not copied)."""
     out = []
     if spec.shared:
         F = 2 * D
@@ -140,7 +139,7 @@ def launches(spec, D, dtype=torch.bfloat16):
         return out
     f = _flags(spec)
     blk = _blocks(f, True)
-    cfg = _launch(f, D, True, dtype)
+    cfg = _launch(f, D, True, dtype, SHARED_PER_BLOCK[arch])
     (st, st_o), (sc, sc_o), (fw, fw_o), (_, bw_o) = (_opts(cfg[k]) for k in ("state", "scan", "fwd", "bwd"))
     F = 2 * D if f.fmap else D
     W = int(spec.window) if f.has_win else 1
@@ -217,7 +216,8 @@ def compile_one(job):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability (90 = sm_90a, H100/H200)")
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_PER_BLOCK),
+                    help="CUDA compute capability (90 = sm_90a, H100/H200)")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--recipes", nargs="+", default=sorted(shipped_recipes()))
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
@@ -233,7 +233,7 @@ def main():
     for D in args.dims:
         for recipe in args.recipes:
             spec = load_recipe(recipe).attention.to_spec()
-            for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype]):
+            for name, pas, constexprs, ints, opts in launches(spec, D, DTYPES[args.dtype], args.arch):
                 if args.kernels and name not in args.kernels:
                     continue
                 if args.num_stages is not None:
@@ -259,7 +259,7 @@ def main():
             print(f"  {row['kernel']} D{row['D']} {','.join(row['variants'])}: "
                   f"{res.get('error') or str(res['regs']) + ' regs'}", file=sys.stderr, flush=True)
 
-    limit = SMEM_LIMIT.get(args.arch)
+    limit = SHARED_PER_BLOCK[args.arch]
     print("| kernel | variant (recipes) | pass | D | blocks | warps / stages | registers | spill bytes (st / ld) | "
           "stack B | shared B | PTX cp.async / mma / ex2 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -270,7 +270,7 @@ def main():
             print(f"{head} compile error (below) | | | | |")
             continue
         spill = f"{r['spill_st']} / {r['spill_ld']}" if r["spill_st"] or r["spill_ld"] else "0"
-        smem = f"**{r['smem']}** (over)" if limit and r["smem"] > limit else str(r["smem"])
+        smem = f"**{r['smem']}** (over)" if r["smem"] > limit else str(r["smem"])
         print(f"{head} {r['regs']} | {spill} | {r['stack']} | {smem} | {r['cp_async']} / {r['mma']} / {r['ex2']} |")
     failed = [r for r in rows if "error" in r]
     if failed:
@@ -280,11 +280,10 @@ def main():
     print(f"\nspilling: {len(spilling)} of {len(rows)} configs"
           + "".join(f"\n  {r['kernel']} D{r['D']} {','.join(r['variants'])} ({r['num_warps']} warps): "
                     f"{r['spill_st']} B stores / {r['spill_ld']} B loads" for r in spilling))
-    if limit:
-        over = [r for r in rows if r.get("smem", 0) > limit]
-        print(f"\nshared memory over the sm_{args.arch} limit of {limit} B per block (launch fails with "
-              f"OutOfResources): {len(over)} of {len(rows)} configs"
-              + "".join(f"\n  {r['kernel']} D{r['D']} {','.join(r['variants'])}: {r['smem']} B" for r in over))
+    over = [r for r in rows if r.get("smem", 0) > limit]
+    print(f"\nshared memory over the sm_{args.arch} limit of {limit} B per block (launch fails with "
+          f"OutOfResources): {len(over)} of {len(rows)} configs"
+          + "".join(f"\n  {r['kernel']} D{r['D']} {','.join(r['variants'])}: {r['smem']} B" for r in over))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"arch": args.arch, "dtype": args.dtype, "triton": triton.__version__, "rows": rows}, fh,

@@ -26,12 +26,14 @@ says why): LoLCATs with a window that is no multiple of the chunk length (prefil
 (Gemma 2), prefill on top of a non-empty window buffer (LoLCATs: or linear state), gradients through a
 state (grad enabled with inputs or learned parameters requiring it); on the GPU, hedgehog maps at head
 dim > 128, and fp32 activations with hedgehog maps at head dim 128 when gradients are needed (shared
-memory of one sm_90 block).
+memory of one sm_90 block); on GPUs other than sm_90, any kind of call whose launches need more shared
+memory than the GPU gives a block (``shared_memory.py`` compiles them to find out, once per kind).
 On CPU tensors the kernels only run under ``TRITON_INTERPRET=1`` (tests); otherwise reference.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -55,6 +57,9 @@ except Exception:  # noqa: BLE001 - no triton: everything falls back to the refe
 __all__ = ["hybrid_attention_kernel", "kernel_fallback_reason", "HybridAttentionFunction"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# (compute capability, shared memory per block) of the GPU that ``offline_compile.use_target`` compiles for
+# without one; None otherwise.
+OFFLINE_TARGET: tuple[int, int] | None = None
 
 
 def _is_pow2(n: int) -> bool:
@@ -69,6 +74,26 @@ def _on_gpu(x: torch.Tensor) -> bool:
     """Whether launches for ``x`` take the GPU's launch configuration (the interpreter takes its own, smaller
     one); ``linearize.kernels.offline_compile`` sets it for CPU tensors to compile the GPU's launches."""
     return x.is_cuda and not INTERPRET
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_block(index: int) -> tuple[int, int]:
+    props = torch.cuda.get_device_properties(index)
+    return props.major * 10 + props.minor, props.shared_memory_per_block_optin
+
+
+def gpu_block(x: torch.Tensor) -> tuple[int, int] | None:
+    """(compute capability as 80 / 89 / 90 ..., shared memory one block may opt into) of the GPU whose launches
+    ``x`` takes (``OFFLINE_TARGET`` when compiling without one); None in the interpreter."""
+    if x.is_cuda and not INTERPRET:
+        return _cuda_block(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    return OFFLINE_TARGET if _on_gpu(x) else None
+
+
+def _block_shared(x: torch.Tensor) -> int | None:
+    """Shared memory per block of the GPU whose launches ``x`` takes; None in the interpreter."""
+    block = gpu_block(x)
+    return block[1] if block is not None else None
 
 
 def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> str | None:
@@ -114,6 +139,11 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
                 return "prefill on top of a non-empty window buffer is reference-only"
             if spec.shared and bool(state["linear"].any()):
                 return "LoLCATs prefill on top of a non-empty linear state is reference-only"
+    block = gpu_block(q_raw)
+    if block is not None and block[0] != 90:
+        from .shared_memory import shared_memory_fallback
+
+        return shared_memory_fallback(core, q_raw, v, state, wants_grad, block)
     return None
 
 
@@ -164,9 +194,10 @@ def _blocks(f: _Flags, device_is_cuda: bool) -> _Blocks:
     return _Blocks(32, 32 if f.gate == 2 else 16, 8)
 
 
-def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.bfloat16) -> dict[str, dict]:
+def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.bfloat16,
+            shared: int | None = None) -> dict[str, dict]:
     """Launch options per kernel of a variant at head dim D (= Dv): value block BV (BK for the scan),
-    num_warps, num_stages.
+    num_warps, num_stages, on a GPU that gives a block ``shared`` bytes (None: sm_90's 227 KiB).
 
     Chosen from the compile-only report of scripts/kernel_registers.py (sm_90, bf16), which compiles
     exactly these: the F x BV fp32 accumulator of ``_chunk_state`` bounds its BV; hedgehog maps (F = 2D)
@@ -186,21 +217,34 @@ def _launch(f: _Flags, D: int, device_is_cuda: bool, dtype: torch.dtype = torch.
     block per SM at 4 warps, unmeasured, so fp16 keeps 8. Hedgehog maps keep 8 warps in the backward (4:
     Lizard 19.4 -> 26.8 ms) and in bf16 take all value columns in the forward (64 before: Lizard's forward
     5.14 -> 3.39 ms, 132 B of spills); fp16 / fp32 keep 64, unmeasured. Otherwise 8 warps in the forward with
-    a window branch, hedgehog maps or D = 128. The interpreter takes whole value blocks."""
+    a window branch, hedgehog maps or D = 128. The interpreter takes whole value blocks.
+
+    Three of these choices need more shared memory than some GPUs give a block (compiled for sm_80 and
+    sm_89 on CPU, bf16, D = 128, ``scripts/kernel_registers.py --arch``), so they are taken only where they
+    fit: the two-stage forward (Liger-GLA: 112 KiB in bf16, 128 in fp16; one stage 80), the hedgehog forward
+    over all value columns (Lizard: 128 KiB; 64 columns 64) and the 8-warp hedgehog backward (Lizard
+    ``_hybrid_bwd_q``: 168 KiB; 4 warps 152 KiB with 4.8 kB of spills per thread, so it fits an A100's 163
+    KiB; the H200 timed 4 warps 1.4x slower). Untimed on those GPUs; whatever still does not fit runs the
+    reference (``shared_memory.py``)."""
     F = 2 * D if f.fmap else D
     if not device_is_cuda:
         return dict(state=dict(BV=D, num_warps=4), scan=dict(BK=F, num_warps=4), fwd=dict(BV=D, num_warps=4),
                     bwd=dict(num_warps=8))
-    stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
-    fwd_stages = 2 if (D >= 128 and not f.fmap and dtype != torch.float32) else stages
+
+    def fits(kib: int) -> bool:  # needs measured at D = 128 (at D = 64 sm_90 compiles need at most 74 KiB)
+        return shared is None or D < 128 or shared >= kib * 1024
+
     bf16 = dtype == torch.bfloat16
+    stages = 1 if (f.fmap or D >= 128 or dtype == torch.float32) else 3
+    fwd_stages = 2 if (D >= 128 and not f.fmap and dtype != torch.float32 and fits(112 if bf16 else 128)) else stages
     swept = bf16 and D >= 128 and not f.fmap  # 4 warps won the H200 sweep here, in the forward and the backward
+    bwd_warps = 4 if (swept or (f.fmap and not fits(168))) else 8
     return dict(
         state=dict(BV=min(D, 32 if f.fmap else 64), num_warps=8 if f.fmap else 4, num_stages=1 if f.fmap else 3),
         scan=dict(BK=min(F, 32), num_warps=4),
-        fwd=dict(BV=D if (bf16 or not f.fmap) else min(D, 64),
+        fwd=dict(BV=D if ((bf16 and fits(128)) or not f.fmap) else min(D, 64),
                  num_warps=4 if swept else 8 if (f.has_win or f.fmap or D >= 128) else 4, num_stages=fwd_stages),
-        bwd=dict(num_warps=4 if swept else 8, num_stages=stages),
+        bwd=dict(num_warps=bwd_warps, num_stages=stages),
     )
 
 
@@ -278,7 +322,7 @@ def _chunk_states(q, k, v, valid, spec, f, blk, P, states=True, do=None, rinv=No
     st = torch.empty(B, HKV, F, DV + f.norm, device=dev, dtype=torch.float32) if want_state else dummy
     s0_t = s0.float().contiguous() if s0 is not None else dummy
     do_t = do if do is not None else v
-    cfg = _launch(f, D, _on_gpu(q), q.dtype)
+    cfg = _launch(f, D, _on_gpu(q), q.dtype, _block_shared(q))
     _chunk_state[(NT, B * HKV, DV // cfg["state"]["BV"])](
         q, k, v, _ptr(valid, dummy), do_t, _ptr(P.lg, dummy), _ptr(P.wq, dummy), _ptr(P.wk, dummy),
         _ptr(rinv, dummy), _ptr(dden, dummy), h, z, dh, dz, gtot, *_strides(q, k, v, do_t),
@@ -304,7 +348,7 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     cuda = _on_gpu(q)
     blk = _blocks(f, cuda)
     NT = triton.cdiv(T, blk.BT)
-    cfg = _launch(f, D, cuda, q.dtype)["fwd"]
+    cfg = _launch(f, D, cuda, q.dtype, _block_shared(q))["fwd"]
     P = _dot_weights(P, q.dtype)
     cos, sin, scb, sct = _cos_sin(cos, sin, B, T, D)
     o = torch.empty_like(q, dtype=v.dtype)  # q's layout (DV == D): see the module docstring of hybrid_chunked
@@ -378,7 +422,7 @@ class HybridAttentionFunction(torch.autograd.Function):
             T, HKV, NT, float(scale), float(spec.gate_scale), f.mix_lin, f.mix_win, float(spec.eps),
         )
         meta = dict(**_meta(f, G, D, DV, blk, int(spec.window) if f.has_win else 1, valid is not None),
-                    **_launch(f, D, cuda, q.dtype)["bwd"])
+                    **_launch(f, D, cuda, q.dtype, _block_shared(q))["bwd"])
         ins = (q, k, v, cos, sin, _ptr(valid, dummy), _ptr(PK.lg, dummy), _ptr(PK.wq, dummy), _ptr(PK.wk, dummy),
                _ptr(PK.alpha, dummy))
         grid = (NT, B * HKV)
@@ -504,6 +548,12 @@ def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_
     """Fused hybrid attention (see module docstring); falls back to ``core(...)`` when not covered."""
     if kernel_fallback_reason(core, q_raw, k_raw, v, softcap, state) is not None:
         return _reference(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
+    return run_kernels(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, state)
+
+
+def run_kernels(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, state=None):
+    """The kernel path of ``hybrid_attention_kernel``, unchecked: only for calls ``kernel_fallback_reason``
+    accepts (and for ``shared_memory.drive``, which asks what those calls launch)."""
     spec = core.spec
     B, H, T, D = q_raw.shape
     if T == 1 and state is not None:

@@ -23,6 +23,12 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 
+# The most shared memory one block may opt into, by compute capability (CUDA programming guide): Hopper and
+# Blackwell datacenter parts 227 KiB, A100 163 KiB, the sm_86 / sm_89 / sm_120 parts (RTX 30xx / 40xx / 50xx,
+# A10, A40, L4, L40) 99 KiB. A launch that needs more fails with Triton's ``OutOfResources``.
+SHARED_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+
+
 class StubDriver:
     """Just enough of a Triton driver to compile (``warmup``) for a fixed target without a device."""
 
@@ -40,8 +46,14 @@ class StubDriver:
 
 
 def use_target(arch: int = 90) -> None:
-    """Compile for compute capability ``arch`` (90: H100 / H200) from now on in this process."""
+    """Compile for compute capability ``arch`` (90: H100 / H200) from now on in this process; the kernel paths
+    then choose their launches for that GPU's shared memory per block, as on the device."""
+    import linearize.kernels as kernels
+
+    if arch not in SHARED_PER_BLOCK:
+        raise ValueError(f"unknown shared memory per block for sm_{arch}; known: {sorted(SHARED_PER_BLOCK)}")
     driver.set_active(StubDriver(arch))
+    kernels.OFFLINE_TARGET = (arch, SHARED_PER_BLOCK[arch])
 
 
 @dataclass
@@ -75,7 +87,8 @@ def compile_launch(launch: Launch):
 
 
 class _Recorder:
-    """Stands in for a kernel in its launcher's module: ``kernel[grid](...)`` records instead of running."""
+    """Stands in for a kernel in its launcher's module: ``kernel[grid](...)`` records instead of running (into
+    the innermost ``record_launches`` block's list)."""
 
     def __init__(self, kernel: JITFunction, sink: list):
         self.kernel, self.sink = kernel, sink
@@ -104,9 +117,10 @@ def gpu_paths_on_cpu():
 
 
 @contextlib.contextmanager
-def record_launches():
-    """Within the block, the kernel paths run on CPU tensors with the GPU's launch configuration and record
-    each launch (yielded list of ``Launch``) instead of running it: their outputs stay uninitialised."""
+def record_launches(on_cpu: bool = True):
+    """Within the block, the kernel paths record each launch (yielded list of ``Launch``) instead of running
+    it: their outputs stay uninitialised. ``on_cpu``: they take CPU tensors and the GPU's launch configuration
+    (``gpu_paths_on_cpu``); otherwise the tensors are on the GPU. Blocks nest: a launch goes to the innermost."""
     import linearize.kernels as kernels
     from linearize.kernels import lolcats_chunked
 
@@ -115,11 +129,11 @@ def record_launches():
     for module in (kernels, lolcats_chunked):
         source = inspect.getsource(module)
         for attr, obj in list(vars(module).items()):
-            if isinstance(obj, JITFunction) and re.search(rf"\b{attr}\[", source):
+            if isinstance(obj, (JITFunction, _Recorder)) and re.search(rf"\b{attr}\[", source):
                 saved.append((module, attr, obj))
-                setattr(module, attr, _Recorder(obj, launches))
+                setattr(module, attr, _Recorder(obj.kernel if isinstance(obj, _Recorder) else obj, launches))
     try:
-        with gpu_paths_on_cpu():
+        with gpu_paths_on_cpu() if on_cpu else contextlib.nullcontext():
             yield launches
     finally:
         for module, attr, obj in saved:
