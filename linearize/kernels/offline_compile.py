@@ -6,6 +6,8 @@ configuration, the real argument dtypes) without running them, and ``compile_lau
 compile every launch of every path this way, because the Triton interpreter runs kernels without
 type-checking them. It ran a scan whose two branches took pointers of different dtypes (a bf16 state, an
 fp32 placeholder), which the compiler refuses; the first GPU run of that code failed on it.
+On a GPU other than sm_90, ``shared_memory.py`` records and compiles the same way (tensors on the GPU, Triton's
+own driver) to learn whether a kind of call fits the GPU's shared memory per block.
 
 Import this module where ``TRITON_INTERPRET`` is unset: the kernels are then compilable ``JITFunction``s.
 """
