@@ -5,11 +5,11 @@ compiles every launch for it (``tests/test_kernels_compile.py``). Other GPUs giv
 the sm_86 / sm_89 / sm_120 parts, RTX 30xx / 40xx / 50xx, A10, L4, L40: 99 KiB), and a launch that needs more
 fails with Triton's ``OutOfResources``: Lizard's training backward at head dim 128 needs 168 KiB. So on any
 GPU but sm_90 the first call of each kind (variant, dtype, heads, head dim, and training / forward / prefill /
-decode) records the launches that call makes at a tiny shape (``offline_compile.record_launches``: compiled
-code depends on the block sizes and dtypes, not on B or T), compiles them for the GPU (Triton caches the
-binaries) and compares each one's shared memory with the block's. A kind that does not fit runs the
-PyTorch reference, with a warning the first time; ``kernel_fallback_reason`` names the kernel, its need and
-the GPU's limit.
+decode) records the launches that call makes at a tiny shape (``offline_compile.record_launches``: the shared
+memory a kernel needs depends on its block sizes and dtypes, not on B or T), compiles them for the GPU (Triton
+caches the binaries) and compares each one's shared memory with the block's. A kind that does not fit runs
+the PyTorch reference, with a warning the first time; ``kernel_fallback_reason`` names the kernel, its need
+and the GPU's limit.
 """
 
 from __future__ import annotations
