@@ -30,6 +30,11 @@ def call_mode(q_raw: torch.Tensor, state, wants_grad: bool) -> str:
     return "train" if wants_grad else "forward"
 
 
+def _hidden_size(core) -> int:
+    """Width of the hidden states the learned gate reads (1 without one: ``hidden`` is then unused)."""
+    return core.gate_proj.in_features if hasattr(core, "gate_proj") else 1
+
+
 def drive(core, mode: str, dtype: torch.dtype, device, run) -> None:
     """One ``mode`` call of ``core``'s attention at a tiny shape through ``run`` (``hybrid_attention_kernel`` or
     ``run_kernels``): B 2 with padding in one row; training 80 tokens (forward and the backward of a random
@@ -40,8 +45,7 @@ def drive(core, mode: str, dtype: torch.dtype, device, run) -> None:
     q = torch.randn(B, H, T, D, dtype=dtype, device=device, requires_grad=grad)
     k = torch.randn(B, HKV, T, D, dtype=dtype, device=device, requires_grad=grad)
     v = torch.randn(B, HKV, T, D, dtype=dtype, device=device, requires_grad=grad)
-    hidden_size = core.gate_proj.in_features if hasattr(core, "gate_proj") else 1
-    hidden = torch.randn(B, T, hidden_size, dtype=dtype, device=device)
+    hidden = torch.randn(B, T, _hidden_size(core), dtype=dtype, device=device)
     cos = torch.ones(1, T, D, dtype=dtype, device=device)
     sin = torch.zeros(1, T, D, dtype=dtype, device=device)
     key_valid = torch.ones(B, T, dtype=torch.bool, device=device)
@@ -63,8 +67,7 @@ def _tiny_core(core, device):
     sharded or trained: they stay untouched)."""
     from ..attention_variants import HybridAttentionCore
 
-    hidden_size = core.gate_proj.in_features if hasattr(core, "gate_proj") else 1
-    tiny = HybridAttentionCore(core.spec, hidden_size, core.num_heads, core.num_kv_heads, core.head_dim)
+    tiny = HybridAttentionCore(core.spec, _hidden_size(core), core.num_heads, core.num_kv_heads, core.head_dim)
     param = next(core.parameters(), None)
     return tiny.to(device=device, dtype=param.dtype if param is not None else None)
 
