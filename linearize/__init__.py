@@ -3,19 +3,42 @@ sliding-window attention, recover it with cheap training, evaluate it and publis
 
 Importing the package registers the converted models' config and model classes with
 ``AutoConfig`` / ``AutoModelForCausalLM``, so saved conversions load without remote code.
+The ``linearize`` command is the exception: it registers them when it first loads a model,
+so that ``linearize --help`` answers without importing torch. The public names below are
+imported on first use.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
-
-from .attention_variants import AttentionSpec
-from .configuration_linearized import CONFIG_CLASSES
-from .modeling_linearized import MODEL_CLASSES
-from .surgery import SUPPORTED_FAMILIES, UnsupportedModelError, linearize_model
+import importlib
+import sys
+from pathlib import Path
 
 __version__ = "0.1.0"
 
-for _family, _config_cls in CONFIG_CLASSES.items():
-    AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
-    AutoModelForCausalLM.register(_config_cls, MODEL_CLASSES[_family], exist_ok=True)
+_EXPORTS = {
+    "AttentionSpec": "attention_spec",
+    "SUPPORTED_FAMILIES": "surgery",
+    "UnsupportedModelError": "errors",
+    "LinearizeError": "errors",
+    "linearize_model": "surgery",
+    "register_auto_classes": "auto_classes",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["AttentionSpec", "SUPPORTED_FAMILIES", "UnsupportedModelError", "linearize_model", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _started_as_command() -> bool:
+    """True in the ``linearize`` console script (which registers the classes when it needs them)."""
+    return bool(sys.argv) and Path(sys.argv[0]).name == "linearize"
+
+
+if not _started_as_command():
+    from .auto_classes import register_auto_classes as _register
+
+    _register()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 
-from .configuration_linearized import LINEAR_LAYER
+from .configuration_linearized import LINEAR_LAYER, check_linearization
 
 
 class HybridStateLayer(CacheLayerMixin):
@@ -83,7 +83,7 @@ class LinearizedCache(Cache):
 
     def __init__(self, config):
         kv_layers = DynamicCache(config=config.get_text_config(decoder=True)).layers
-        layer_types = config.linearization["layer_types"]
+        layer_types = check_linearization(config)["layer_types"]  # known types only, one per layer
         layers = [
             HybridStateLayer() if kind == LINEAR_LAYER else kv_layers[i] for i, kind in enumerate(layer_types)
         ]

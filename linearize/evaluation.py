@@ -1,8 +1,9 @@
 """Evaluate models with the unmodified lm-eval harness, in memory, and compare them.
 
 ``linearize eval`` runs :func:`run_eval`: it resolves the task names (an unknown name fails
-before any model is loaded), writes the offline task pack (:mod:`linearize.task_pack`) into the
-run directory, evaluates the teacher (optional) and each model with ``HFLM(pretrained=model,
+before any model is loaded), loads the first model (a model that cannot be loaded fails before
+anything is written), writes the offline task pack (:mod:`linearize.task_pack`) into the run
+directory, evaluates the teacher (optional) and each model with ``HFLM(pretrained=model,
 tokenizer=tokenizer)`` + ``lm_eval.simple_evaluate``, and writes
 
     OUT/tasks/                 the offline pack (YAML + jsonl), usable with ``lm-eval --include_path``
@@ -11,6 +12,13 @@ tokenizer=tokenizer)`` + ``lm_eval.simple_evaluate``, and writes
     OUT/summary.json           the headline numbers
     OUT/report.md              teacher vs student table with recovery percentages
 
+Each model gets a unique label (its directory name; the parent directory's name is added when
+two models' directories share a name, and a number when that is not enough), which names its
+column in the report and its results files.
+
+lm-eval records the git commit of the working directory by running ``git``; here that runs with
+its error output discarded, so evaluating outside a repository prints no ``fatal:`` line.
+
 Task names: the pack's tasks (``lin_*``), ``pack`` (all of them), the papers' standard tasks
 (``piqa arc_easy arc_challenge hellaswag winogrande mmlu``, reported with the papers' metrics;
 MMLU 5-shot), ``paper`` (all six; they need the Hub's datasets), or any other lm-eval task.
@@ -18,8 +26,10 @@ MMLU 5-shot), ``paper`` (all six; they need the Hub's datasets), or any other lm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,15 +157,16 @@ def evaluate_model(
     merged: dict = {}
     for shots, names in by_shots.items():
         try:
-            res = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=names,
-                num_fewshot=shots,
-                limit=limit,
-                task_manager=manager,
-                log_samples=log_samples,
-                bootstrap_iters=bootstrap_iters,
-            )
+            with quiet_git_hash():
+                res = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=names,
+                    num_fewshot=shots,
+                    limit=limit,
+                    task_manager=manager,
+                    log_samples=log_samples,
+                    bootstrap_iters=bootstrap_iters,
+                )
         except ConnectionError as err:  # datasets could not reach the Hub
             raise LinearizeError(
                 f"{err}: tasks {', '.join(names)} need their datasets from the Hub (or its cache); "
@@ -168,6 +179,40 @@ def evaluate_model(
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key].update(value)
     return merged
+
+
+def git_commit_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` without git's error output: the working directory's commit, or None."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always"], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+        )
+    except OSError:  # no git
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return get_commit_from_path(Path.cwd())
+
+
+@contextlib.contextmanager
+def quiet_git_hash():
+    """While evaluating, lm-eval's evaluator records the commit through :func:`git_commit_hash`.
+
+    lm-eval runs ``git describe`` with the terminal as its stderr, which prints ``fatal: not a git
+    repository`` whenever the working directory is not a repository. Only the evaluator module's
+    reference is replaced, and only for the duration of the call; git and the environment are
+    left as they are.
+    """
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = git_commit_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 @dataclass
@@ -185,9 +230,14 @@ def _json_default(obj):
     return handle_non_serializable(obj)
 
 
+def label_slug(label: str) -> str:
+    """The file name stem of a label's results (``results/SLUG.json``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
+
+
 def write_results(results: dict, out_dir: Path, label: str) -> Path:
     """Write lm-eval's raw results (samples separately, as jsonl) under ``out_dir``."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
+    slug = label_slug(label)
     results = dict(results)
     samples = results.pop("samples", None)
     path = out_dir / "results" / f"{slug}.json"
@@ -235,13 +285,17 @@ def run_eval(
     if not models:
         raise LinearizeError("no model to evaluate")
     out = Path(out_dir).expanduser().resolve()
-    pack_dir = build_task_pack(out / "tasks") if any(n in PACK_TASKS for n in names) else None
+    needs_pack = any(n in PACK_TASKS for n in names)
+    pack_dir: Path | None = None  # written when the first model has loaded: a model that fails to load leaves no files
     if device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else None
 
     def evaluate(loaded, label, spec) -> EvalRun:
+        nonlocal pack_dir
+        if needs_pack and pack_dir is None:
+            pack_dir = build_task_pack(out / "tasks")
         log(f"evaluating {label} on {', '.join(names)} (limit {limit}) ...")
         t0 = time.perf_counter()
         res = evaluate_model(
@@ -255,19 +309,21 @@ def run_eval(
 
     runs: list[EvalRun] = []
     cache = {}
+    used: set[str] = set()
     if teacher is not None:
         loaded = load_model(teacher, device=device)
-        runs.append(evaluate(loaded, "teacher", loaded.name))
+        runs.append(evaluate(loaded, _unique_label("teacher", used), loaded.name))
         cache[teacher] = loaded
+    shared = _shared_names(models)
     for spec in models:
         loaded = cache.pop(spec, None) or load_model(spec, device=device)
-        label = _label(spec, loaded)
+        label = _label(spec, loaded, with_parent=_dir_name(spec) in shared)
         if recipe_obj is not None and not _is_converted(loaded.model):
             from .pipeline import convert
 
             convert(loaded, recipe_obj)
             label = f"{label} + {recipe_obj.name} (converted)"
-        runs.append(evaluate(loaded, label, loaded.name))
+        runs.append(evaluate(loaded, _unique_label(label, used), loaded.name))
         del loaded
 
     report = markdown_report(
@@ -293,7 +349,36 @@ def run_eval(
     return report
 
 
-def _label(spec: str | None, loaded) -> str:
+def _dir_name(spec: str | None) -> str | None:
+    if spec is None or spec == "smollm2":
+        return None
+    return Path(str(spec).rstrip("/")).name or str(spec)
+
+
+def _shared_names(specs: list[str | None]) -> set[str]:
+    """Directory names that more than one of ``specs`` has (``A/model`` and ``B/model``)."""
+    names = [_dir_name(s) for s in specs if _dir_name(s) is not None]
+    return {n for n in names if names.count(n) > 1}
+
+
+def _label(spec: str | None, loaded, with_parent: bool = False) -> str:
+    """A model's name in the report: its directory's (or Hub id's) last component, ``PARENT/NAME`` when asked."""
     if spec is None or spec == "smollm2":
         return loaded.name.split("/")[-1]
-    return Path(str(spec).rstrip("/")).name or str(spec)
+    path = Path(str(spec).rstrip("/"))
+    name = path.name or str(spec)
+    if with_parent:
+        parent = Path(str(spec)).expanduser().resolve().parent.name if path.exists() else path.parent.name
+        if parent:
+            return f"{parent}/{name}"
+    return name
+
+
+def _unique_label(label: str, used: set[str]) -> str:
+    """``label``, or ``label-2``, ``label-3``, ... : no two labels (nor their results file names) coincide."""
+    candidate, n = label, 1
+    while candidate in used or label_slug(candidate) in {label_slug(u) for u in used}:
+        n += 1
+        candidate = f"{label}-{n}"
+    used.add(candidate)
+    return candidate

@@ -13,7 +13,10 @@ A saved directory holds:
 * ``linearize_report.json`` (numbers measured by the pipeline) when given;
 * ``README.md``, the model card (:mod:`linearize.model_card`).
 
-Nothing appears at ``out_dir`` unless everything was written.
+Nothing appears at ``out_dir`` unless everything was written. A checkpoint is meant to be
+published, so it names no local path of the machine it was made on: the teacher and data recorded
+in ``config.json``, the report and the card are Hub ids as given, and local paths reduced to their
+last component (:func:`linearize.model_card.public_name`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from .atomic import atomic_directory
 from .configuration_linearized import is_linearized_config
+from .model_card import public_name, public_value
 
 REPORT_FILE = "linearize_report.json"
 AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
@@ -42,6 +48,8 @@ def save_model(
     *,
     eval_results: str | Path | None = None,
     model_card: bool = True,
+    dtype: torch.dtype | str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write weights (safetensors), config, generation config, tokenizer, code and card to ``out_dir``.
 
@@ -49,12 +57,20 @@ def save_model(
     ``eval_results`` is an optional lm-eval results JSON or markdown table (or a directory holding
     them) for the model card; results produced later are added with
     :func:`linearize.model_card.write_model_card`. A peft-wrapped model is merged first.
+    ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``): store the floating-point weights in this
+    dtype, and say so in ``config.json``; the model passed in is not changed (a cast copy of its
+    weights is written). ``None`` stores them as they are in memory.
     """
     model = merge_adapters(model)
     check_no_adapters(model)
     linearized = is_linearized_config(model.config)
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+    dtype = resolve_dtype(dtype)
+    with atomic_directory(out_dir, kind="model", overwrite=overwrite) as tmp:
+        state_dict = cast_state_dict(model, dtype) if dtype is not None else None
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        del state_dict
+        if dtype is not None:
+            set_config_dtype(tmp, dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             clean_tokenizer_config(tmp)
@@ -62,13 +78,70 @@ def save_model(
         if linearized:
             ship_modeling_code(model, tmp)
         if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+            (tmp / REPORT_FILE).write_text(json.dumps(public_value(report), indent=2) + "\n")
         check_safetensors_only(tmp)
         if linearized and model_card:
             from .model_card import write_model_card
 
+            # Written while config.json still names a local teacher by its path, so the card can take the
+            # license from the teacher's own README; the card itself names it by its last component only.
             write_model_card(tmp, eval_results=eval_results, name=Path(out_dir).name)
+        public_config(tmp)
     return Path(out_dir).expanduser().resolve()
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bfloat16"`` or ``"torch.bfloat16"`` -> ``torch.bfloat16``; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"dtype: {dtype!r} is not a torch floating-point dtype (e.g. bfloat16, float16, float32)")
+    return value
+
+
+def cast_state_dict(model, dtype: torch.dtype) -> dict:
+    """The model's state dict with floating-point tensors cast to ``dtype``; the model is not touched.
+
+    Tensors that share storage (tied embeddings) stay shared, so the tied copy is still left out of
+    the file; tensors already in ``dtype`` are not copied.
+    """
+    cast: dict = {}
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.dtype == dtype:
+            out[name] = tensor
+            continue
+        storage = tensor.untyped_storage().data_ptr()
+        key = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        if key not in cast:
+            cast[key] = tensor.detach().to(dtype)
+        out[name] = cast[key]
+    return out
+
+
+def set_config_dtype(directory: Path, dtype: torch.dtype) -> None:
+    """Make ``config.json``'s dtype field (and the legacy ``torch_dtype``, where present) name ``dtype``."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def public_config(directory: Path) -> None:
+    """Reduce local paths in ``config.json``'s ``linearization`` (teacher, recipe) to their last component."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    lin = config.get("linearization")
+    if not isinstance(lin, dict):
+        return
+    public = {**lin, **{k: public_name(lin[k]) for k in ("teacher", "recipe") if isinstance(lin.get(k), str)}}
+    if public != lin:
+        config["linearization"] = public
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def merge_adapters(model):

@@ -8,6 +8,11 @@ directory is only read. Failures become one clear error:
 * :class:`HubServerError` (exit 1): the Hub failed (5xx, after huggingface_hub's own bounded
   retries) or could not be reached. Nothing was committed in a failed step; running the same
   command again resumes (files already on the Hub unchanged are skipped).
+
+Symbolic links: an upload reads through links, so a link in the directory to a file outside it
+would publish that file. A push whose uploaded files include such a link (or a broken link) is
+refused before anything is sent, with one :class:`LinearizeError` line listing every such link;
+links that resolve to files inside the directory are uploaded as the files they point to.
 """
 
 from __future__ import annotations
@@ -57,7 +62,41 @@ def check_checkpoint_dir(model_dir: str | Path) -> Path:
         raise LinearizeError(
             f"{path}: refusing to publish pickle weights ({', '.join(pickles)}); re-save as safetensors"
         )
+    check_symlinks(path)
     return path
+
+
+def outside_links(path: Path) -> list[str]:
+    """``"NAME -> TARGET"`` for each file a push would upload that is a link leading outside ``path``.
+
+    Broken links and link loops count too (they lead to nothing inside the directory). Only
+    top-level entries are uploaded (``IGNORE_PATTERNS``), so only those are looked at.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = path.resolve()
+    uploaded = set(filter_repo_objects([p.name for p in path.iterdir()], ignore_patterns=IGNORE_PATTERNS))
+    found = []
+    for entry in sorted(path.iterdir()):
+        if entry.name not in uploaded or not entry.is_symlink():
+            continue
+        try:
+            target = entry.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            target = None
+        if target is None or not target.exists() or not target.is_relative_to(root):
+            found.append(f"{entry.name} -> {os.readlink(entry)}")
+    return found
+
+
+def check_symlinks(path: Path) -> None:
+    """Refuse (one :class:`LinearizeError` line) a directory whose uploads include links to outside it."""
+    links = outside_links(path)
+    if links:
+        raise LinearizeError(
+            f"{path}: refusing to publish symbolic links to files outside the directory ({'; '.join(links)}): "
+            "copy the files into the directory or remove the links"
+        )
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:

@@ -17,6 +17,10 @@ time, e.g. after an evaluation:
 
 It carries Hub metadata (``base_model``, ``license`` of the teacher where known, ``tags``,
 ``library_name``, ``pipeline_tag``) as YAML front matter.
+
+A card is written to be published, so it names no local path: a teacher given as a Hub id is
+linked as such, a local teacher (or data file) is named by its last path component only
+(:func:`public_name`, :func:`scrub_paths`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from .report import format_number
 
 CARD_FILE = "README.md"
 REPORT_FILE = "linearize_report.json"
@@ -76,6 +82,56 @@ MIX_NAMES = {
     "learned": "linear + alpha * window, alpha learned per head",
     "shared": "one normaliser over window softmax terms and linear terms (LoLCATs)",
 }
+
+
+# ----------------------------------------------------------------------------- local paths
+
+_PATH_CHARS = r"[^\s/'\"`|,;:()<>\[\]{}]"
+# An absolute or ``~`` path inside free text: starts the text or follows a space, bracket, quote, ``=``
+# or comma (so ``https://host/x``, ``a/b`` ids, ``tokens/s`` and ``x / y`` are left alone).
+_EMBEDDED_PATH = re.compile(
+    rf"(?<![^\s(\[{{\"'`=,])(?:~[\w.-]*)?/{_PATH_CHARS}+(?:/{_PATH_CHARS}*)*"
+)
+
+
+def is_local_path(value: str) -> bool:
+    """An absolute, ``~``, ``./`` or ``../`` path (POSIX or Windows), as opposed to a Hub id or a name."""
+    text = value.strip()
+    return (
+        text.startswith(("/", "~", "./", "../", "\\")) or text in (".", "..")
+        or re.match(r"^[A-Za-z]:[\\/]", text) is not None
+    )
+
+
+def public_name(value):
+    """``value`` as it may be published: a local path becomes its last component, anything else is unchanged."""
+    if not isinstance(value, str) or not is_local_path(value):
+        return value
+    name = re.split(r"[\\/]", value.strip().rstrip("/\\"))[-1]
+    return name if name not in ("", ".", "..", "~") else "local"
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute or ``~`` path in it reduced to its last component."""
+    return _EMBEDDED_PATH.sub(lambda m: public_name(m.group(0)), text)
+
+
+def public_value(value):
+    """A JSON-like value (a report) with local paths reduced to their last component, recursively.
+
+    A string that is a path as a whole (a ``teacher``, any path without spaces, an existing path)
+    becomes its last component; paths inside longer strings (``"/data/train.txt (plain): 12
+    examples"``) are reduced where they stand.
+    """
+    if isinstance(value, dict):  # a teacher is always one name, spaces or not
+        return {k: public_name(v) if k == "teacher" else public_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [public_value(v) for v in value]
+    if isinstance(value, str):
+        spaced = any(c.isspace() for c in value.strip())
+        whole = is_local_path(value) and (not spaced or Path(value).expanduser().exists())
+        return public_name(value) if whole else scrub_paths(value)
+    return value
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -250,8 +306,8 @@ def load_eval_results(path: str | Path | None, model_dir: Path) -> tuple[dict, s
 
 def _fmt_value(metric: str, value: float) -> str:
     if any(word in metric for word in LOWER_IS_BETTER):
-        return f"{value:.2f}"
-    return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else f"{value:.2f}"
+        return format_number(value)
+    return f"{100 * value:.1f}" if 0.0 <= value <= 1.0 else format_number(value)
 
 
 def _fmt_tokens(tokens) -> str:
@@ -312,15 +368,19 @@ def _recipe_description(recipe: str | None) -> str | None:
         return None
 
 
-def metadata(config: dict) -> dict:
-    """Hub front matter of a converted model's card."""
+def metadata(config: dict, known_license: str | None = None) -> dict:
+    """Hub front matter of a converted model's card.
+
+    ``known_license``: used when the teacher's license cannot be determined from its name or
+    README (e.g. the license an earlier card recorded for a local teacher no longer around).
+    """
     lin = config.get("linearization") or {}
     teacher, recipe = lin.get("teacher"), lin.get("recipe")
     meta: dict = {}
     if is_hub_id(teacher):
         meta["base_model"] = teacher
         meta["base_model_relation"] = "finetune"
-    license_id = teacher_license(teacher)
+    license_id = teacher_license(teacher) or known_license
     if license_id:
         meta["license"] = license_id
     meta["library_name"] = "transformers"
@@ -347,13 +407,17 @@ def render_model_card(
     eval_parsed: dict | None = None,
     eval_markdown: str | None = None,
     name: str | None = None,
+    known_license: str | None = None,
 ) -> str:
-    """The README.md text of a converted model (see module docstring for the inputs)."""
-    from .attention_variants import AttentionSpec
+    """The README.md text of a converted model (see module docstring for the inputs).
+
+    Local paths (a teacher directory, a data file) appear by their last component only.
+    """
+    from .attention_spec import AttentionSpec
 
     lin = config.get("linearization") or {}
     spec = {**AttentionSpec().to_dict(), **(lin.get("attention") or {})}
-    recorded_teacher = lin.get("teacher") or (report or {}).get("teacher")
+    recorded_teacher = public_name(lin.get("teacher") or (report or {}).get("teacher"))
     teacher = recorded_teacher or "the teacher model"
     recipe = lin.get("recipe") or (report or {}).get("recipe")
     name = name or "-".join(x for x in (str(recorded_teacher or "").split("/")[-1], recipe) if x) or "linearized-model"
@@ -371,7 +435,8 @@ def render_model_card(
     else:
         teacher_link = "A model (base model not recorded)"
 
-    out = ["---", yaml.safe_dump(metadata(config), sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    meta = metadata(config, known_license)
+    out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {public_name(name)}", ""]
     linear = "gated linear attention" if spec.get("gate") != "none" else "linear attention"
     what = {
         "hybrid": f"{linear} mixed with sliding-window softmax attention",
@@ -432,13 +497,13 @@ def render_model_card(
         if other:
             out += ["| model | held-out perplexity | second-source perplexity |", "|---|---|---|"]
             out += [
-                f"| {stage} | {float(value):.2f} | "
-                + (f"{float(other[stage]):.2f}" if stage in other else "-") + " |"
+                f"| {stage} | {format_number(float(value))} | "
+                + (format_number(float(other[stage])) if stage in other else "-") + " |"
                 for stage, value in ppl.items()
             ]
         else:
             out += ["| model | held-out perplexity |", "|---|---|"]
-            out += [f"| {stage} | {float(value):.2f} |" for stage, value in ppl.items()]
+            out += [f"| {stage} | {format_number(float(value))} |" for stage, value in ppl.items()]
         out.append("")
     if eval_parsed and not eval_markdown:
         out += ["lm-eval results (accuracies in %):", "", _eval_table(eval_parsed), ""]
@@ -508,7 +573,7 @@ def render_model_card(
     out.append(
         "- Safety, bias and multilingual behaviour were not evaluated; the teacher's limitations and license apply."
     )
-    return "\n".join(out).rstrip() + "\n"
+    return scrub_paths("\n".join(out).rstrip()) + "\n"
 
 
 def write_model_card(
@@ -520,7 +585,14 @@ def write_model_card(
     report_path = model_dir / REPORT_FILE
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     parsed, markdown = load_eval_results(eval_results, model_dir)
-    text = render_model_card(config, report, parsed, markdown, name=name or model_dir.resolve().name)
+    previous = model_dir / CARD_FILE
+    known_license = None  # what an earlier card said, for a local teacher that is no longer around
+    if previous.is_file():
+        known_license = read_front_matter(previous.read_text(encoding="utf-8")).get("license")
+    text = render_model_card(
+        config, report, parsed, markdown, name=name or model_dir.resolve().name,
+        known_license=known_license if isinstance(known_license, str) else None,
+    )
     fd, tmp = tempfile.mkstemp(prefix=".README.md.", dir=model_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -6,11 +6,25 @@ RoPE, masks, ``generate`` and ``save_pretrained``/``from_pretrained`` are the fa
 teacher's q/k/v/o projections (and q/k norms) and adds the variant's small modules.
 This file is shipped with exported checkpoints: it imports only torch, transformers and the
 sibling files ``attention_*``, ``cache_linearized`` and ``configuration_linearized``.
+
+Fused kernels: on CUDA tensors the attention runs ``linearize``'s Triton kernels when the
+installed ``linearize`` distribution provides a compatible kernel interface, and the shipped
+PyTorch reference otherwise (:func:`find_installed_kernels` says which, and why; one warning
+per process when the reference is used for that reason). Nothing is looked up when this file
+is imported and nothing on CPU, so loading a checkpoint never executes a ``linearize`` package
+that merely happens to be on ``sys.path`` (e.g. a stray ``./linearize/`` in the working directory).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
+import json
 import os
+import warnings
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import torch
 from torch import nn
@@ -26,19 +40,118 @@ from transformers import (
 from .attention_reference import apply_rope
 from .attention_variants import AttentionSpec, HybridAttentionCore
 from .cache_linearized import LinearizedCache
-from .configuration_linearized import CONFIG_CLASSES, linear_layer_indices
-
-try:  # Triton kernels are optional: only used when importable and the tensors are on a GPU.
-    from linearize.kernels import hybrid_attention_kernel
-except Exception:  # noqa: BLE001 - any import problem means "use the reference"
-    hybrid_attention_kernel = None
+from .configuration_linearized import (
+    CONFIG_CLASSES,
+    LinearizationConfigError,
+    check_linearization,
+    config_location,
+    linear_layer_indices,
+)
 
 FORCE_REFERENCE_ENV = "LINEARIZE_FORCE_REFERENCE"
+# The interface of ``linearize.kernels.hybrid_attention_kernel`` this file calls (argument order, state
+# layout). The installed kernels are used only when they declare exactly this ``KERNEL_INTERFACE_VERSION``.
+KERNEL_INTERFACE_VERSION = 1
+KERNEL_PACKAGE = "linearize"
+_kernel_lookup: tuple | None = None  # (kernel or None, reason or None), once per process
 
 
 def reference_forced() -> bool:
     """``LINEARIZE_FORCE_REFERENCE=1``: CUDA tensors take the PyTorch reference instead of the kernels."""
     return os.environ.get(FORCE_REFERENCE_ENV, "0") == "1"
+
+
+def _editable_project(dist) -> Path | None:
+    """The project directory of an editable (``pip install -e``) install, from PEP 610's direct_url.json."""
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (OSError, ValueError):
+        return None
+    url = info.get("url", "")
+    if not (info.get("dir_info") or {}).get("editable") or not url.startswith("file://"):
+        return None
+    return Path(unquote(urlsplit(url).path)).resolve()
+
+
+def _is_installed_package(origin: Path, dist) -> bool:
+    """Whether ``origin`` (the ``__init__.py`` Python would import) belongs to the distribution ``dist``.
+
+    A regular install lists the file in its RECORD; an editable install points at its project
+    directory, whose package is ``<project>/linearize`` or ``<project>/src/linearize``.
+    """
+    for file in dist.files or ():
+        if file.name == origin.name and Path(dist.locate_file(file)).resolve() == origin:
+            return True
+    project = _editable_project(dist)
+    if project is None:
+        return False
+    return origin.parent in (project / KERNEL_PACKAGE, project / "src" / KERNEL_PACKAGE)
+
+
+def find_installed_kernels(required_version: int = KERNEL_INTERFACE_VERSION):
+    """``(hybrid_attention_kernel, None)`` from the installed ``linearize``, or ``(None, reason)``.
+
+    The kernels are used only if (a) the ``linearize`` that Python would import is the installed
+    distribution (its files, or the project of an editable install), so a stray ``linearize/``
+    directory on ``sys.path`` is never imported, and (b) ``linearize.kernels`` declares
+    ``KERNEL_INTERFACE_VERSION == required_version``. Nothing else is imported to decide.
+    """
+    try:
+        dist = importlib.metadata.distribution(KERNEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None, "the linearize package is not installed"
+    try:
+        spec = importlib.util.find_spec(KERNEL_PACKAGE)
+    except (ImportError, ValueError) as err:
+        return None, f"the linearize package cannot be located ({err})"
+    if spec is None or not spec.origin:
+        return None, "the linearize package cannot be located"
+    origin = Path(spec.origin).resolve()
+    if not _is_installed_package(origin, dist):
+        return None, (
+            f"the linearize package Python would import ({origin.parent}) is not the installed distribution "
+            f"linearize {dist.version}"
+        )
+    try:
+        kernels = importlib.import_module(f"{KERNEL_PACKAGE}.kernels")
+    except Exception as err:  # noqa: BLE001 - any import problem means "use the reference"
+        return None, f"linearize.kernels cannot be imported ({type(err).__name__}: {err})"
+    version = getattr(kernels, "KERNEL_INTERFACE_VERSION", None)
+    if version != required_version:
+        return None, (
+            f"the installed linearize {dist.version} has kernel interface version {version}, "
+            f"this checkpoint's code needs {required_version}"
+        )
+    kernel = getattr(kernels, "hybrid_attention_kernel", None)
+    if not callable(kernel):
+        return None, "linearize.kernels has no hybrid_attention_kernel"
+    return kernel, None
+
+
+def installed_kernel():
+    """The kernel function for CUDA tensors, looked up once per process; None means "run the reference".
+
+    The first time the reference is chosen for lack of usable kernels, one warning says why.
+    """
+    global _kernel_lookup
+    if _kernel_lookup is None:
+        _kernel_lookup = find_installed_kernels()
+        kernel, reason = _kernel_lookup
+        if kernel is None:
+            warnings.warn(
+                f"linearized attention: running the PyTorch reference on the GPU, not the fused kernels: {reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _kernel_lookup[0]
+
+
+def hybrid_attention_kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state):
+    """The installed kernels' ``hybrid_attention_kernel`` (see :func:`installed_kernel`)."""
+    kernel = installed_kernel()
+    if kernel is None:
+        raise RuntimeError(f"no usable linearize kernels: {_kernel_lookup[1]}")
+    return kernel(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state)
 
 
 PADDING_MASK_KWARG = "linear_padding_mask"
@@ -86,7 +199,7 @@ class LinearizedAttention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _use_kernel(self, q: torch.Tensor) -> bool:
-        return hybrid_attention_kernel is not None and q.is_cuda and not reference_forced()
+        return q.is_cuda and not reference_forced() and installed_kernel() is not None
 
     def forward(
         self,
@@ -147,7 +260,11 @@ class LinearizedAttention(nn.Module):
 def install_hybrid_attention(model: nn.Module) -> None:
     """Replace ``self_attn`` of every linearized layer of ``model`` (per ``config.linearization``)."""
     config = model.config
-    spec = AttentionSpec.from_dict(config.linearization["attention"])
+    lin = check_linearization(config)
+    try:
+        spec = AttentionSpec.from_dict(lin["attention"])
+    except (TypeError, ValueError) as err:
+        raise LinearizationConfigError(f"{config_location(config)}: linearization.{err}") from None
     layers = model.model.layers
     for idx in linear_layer_indices(config):
         layer = layers[idx]
@@ -159,6 +276,7 @@ class LinearizedMixin:
     """What converted models add to their family's ``*ForCausalLM``."""
 
     def __init__(self, config, *args, **kwargs):
+        check_linearization(config)  # before the (possibly large) model is built
         super().__init__(config, *args, **kwargs)
         install_hybrid_attention(self)
 

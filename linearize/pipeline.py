@@ -13,6 +13,8 @@ Budgets: ``paper`` trains what the recipe says (~20M tokens per stage, the recip
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -21,9 +23,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import LinearizeError, OutputError, ResumeError
 from .offline_text import heldout_documents
+from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, locked
 from .perplexity import perplexity, tokenize_documents
 from .recipes import Recipe, recipe_source
+from .report import format_number
 from .surgery import check_supported, linearize_model
 from .teachers import LoadedModel, load_model
 
@@ -64,10 +69,10 @@ class PipelineResult:
         header = ("model", "held-out ppl") + (("licence-text ppl",) if self.other_perplexity else ())
         rows = [header]
         for k, v in self.perplexity.items():
-            row = (k, f"{v:.2f}")
+            row = (k, format_number(v))
             if self.other_perplexity:
                 other = self.other_perplexity.get(k)
-                row += ("" if other is None else f"{other:.2f}",)
+                row += ("" if other is None else format_number(other),)
             rows.append(row)
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
@@ -80,8 +85,11 @@ def convert(loaded: LoadedModel, recipe: Recipe) -> LoadedModel:
     """Convert a loaded teacher in place with ``recipe`` (checked against the model first)."""
     check_supported(loaded.model)
     recipe.check_model(loaded.model.config.num_hidden_layers, recipe_source(recipe))
+    # A local teacher is recorded by its path in memory (the model card reads its licence from there);
+    # save_model writes its name only.
+    teacher = str(loaded.local_path) if getattr(loaded, "local_path", None) is not None else loaded.name
     linearize_model(
-        loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=loaded.name,
+        loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=teacher,
         seed=recipe.seed,
     )
     return loaded
@@ -147,6 +155,144 @@ def default_run_dir(out_dir: str | Path) -> Path:
     return out.with_name(out.name + ".train")
 
 
+def check_budget(recipe: Recipe, tokens: int | None) -> None:
+    """Every stage trains at least one optimizer step (a smaller budget is a mistake, not rounded up)."""
+    for stage in ("transfer", "recovery"):
+        settings = getattr(recipe, stage)
+        if settings is None:
+            continue
+        per_step = settings.batch_size * settings.seq_len
+        if settings.tokens < per_step:
+            what = f"--tokens {tokens:,}" if tokens is not None else f"{stage}.tokens {settings.tokens:,}"
+            raise LinearizeError(
+                f"{what} is less than one optimizer step of stage {stage} ({settings.batch_size} sequences x "
+                f"{settings.seq_len} tokens = {per_step:,} tokens); give at least {per_step:,}"
+            )
+
+
+def describe_checkpoints(run_dir: Path) -> str | None:
+    """'transfer complete, recovery at step 16/64' for the checkpoints in ``run_dir`` (None: none)."""
+    from .training import STAGES, read_checkpoint_meta
+
+    parts = []
+    for stage in STAGES:
+        meta = read_checkpoint_meta(run_dir, stage)
+        if meta is not None:
+            parts.append(f"{stage} complete" if meta.get("complete") else
+                         f"{stage} at step {meta['step']}/{meta.get('steps', '?')}")
+    return ", ".join(parts) or None
+
+
+def prepare_run_dir(run: OutputDir, resume: bool, overwrite: bool) -> None:
+    """Refuse to train over an earlier run's checkpoints unless told how (``--resume`` or ``--overwrite``)."""
+    if not run.path.is_dir():
+        return
+    earlier = describe_checkpoints(run.path)
+    stale = [run.path / name for name in RUN_FILES if (run.path / name).exists()]
+    if resume or not stale:
+        return
+    if not overwrite:
+        state = f"checkpoints of an earlier run ({earlier})" if earlier else f"an earlier run ({_names(stale)})"
+        raise OutputError(
+            f"{run.flag} {run.path} holds {state}; continue it with --resume, or start over with --overwrite"
+        )
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's files (only the ones a run writes) -- ``--overwrite`` asked for it."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths)
+
+
+def provenance(loaded: LoadedModel, data_source: str, recipe: Recipe, budget: str) -> dict:
+    """What a run is trained from; every checkpoint records it and ``--resume`` must match it."""
+    from .data import data_identity
+    from .teachers import teacher_identity
+
+    recipe_json = recipe.model_dump_json()
+    return {
+        "teacher": teacher_identity(loaded),
+        "data": data_identity(data_source),
+        "recipe": {"name": recipe.name, "sha256": hashlib.sha256(recipe_json.encode()).hexdigest()[:16]},
+        "budget": {"budget": budget, **{
+            stage: getattr(recipe, stage).tokens for stage in ("transfer", "recovery") if getattr(recipe, stage)
+        }},
+    }
+
+
+def _flatten(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def check_resume(run_dir: Path, current: dict) -> bool:
+    """Raise ResumeError naming each difference between the checkpoints' provenance and ``current``.
+
+    Returns False when there is nothing to resume."""
+    from .training import STAGES, read_checkpoint_meta
+
+    found = False
+    for stage in STAGES:
+        meta = read_checkpoint_meta(run_dir, stage)
+        if meta is None:
+            continue
+        found = True
+        recorded = meta.get("provenance")
+        if recorded is None:
+            raise ResumeError(f"{run_dir}/{stage}: the checkpoint does not record what it was trained from; "
+                              "start over with --overwrite")
+        old, new = _flatten(recorded), _flatten(current)
+        diffs = [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
+                 if old.get(key) != new.get(key)]
+        if diffs:
+            raise ResumeError(
+                f"--resume: the checkpoints in {run_dir} were trained from other inputs ({'; '.join(diffs)}); "
+                "resume with the same ones, or start over with --overwrite"
+            )
+    return found
+
+
+def teacher_location(model_spec: str | None) -> Path | None:
+    """The local file or directory of a teacher, if it is local (what an output must never replace)."""
+    from .teachers import DEFAULT_TEACHER, default_teacher_path
+
+    if model_spec in (None, DEFAULT_TEACHER):
+        try:
+            return default_teacher_path()
+        except LinearizeError:
+            return None
+    path = Path(model_spec).expanduser()
+    return path if path.exists() else None
+
+
+def check_outputs(model_spec, out_dir, run_dir, *, train: bool, overwrite: bool) -> list[OutputDir]:
+    """Every output location of the main job, checked before anything is loaded (see linearize.outputs)."""
+    teacher = teacher_location(model_spec)
+    protected = {"the teacher": teacher} if teacher is not None else {}
+    outputs = []
+    if out_dir is not None:
+        outputs.append(check_output(out_dir, "model", "--out", overwrite=overwrite, protected=protected))
+    if train and (run_dir is not None or out_dir is not None):
+        outputs.append(check_output(run_dir if run_dir is not None else default_run_dir(out_dir), "run",
+                                    "--run-dir" if run_dir is not None else "the run directory (--run-dir)",
+                                    overwrite=overwrite, protected=protected))
+    check_distinct(*outputs)
+    return outputs
+
+
+def format_loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
 def run_pipeline(
     model_spec: str | None,
     recipe: Recipe,
@@ -163,35 +309,56 @@ def run_pipeline(
     train: bool = True,
     other_source: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
+    dtype: str | None = None,
 ) -> PipelineResult:
     """Load -> teacher ppl -> convert -> converted ppl -> stage 1 -> stage 2 -> recovered ppl -> save.
 
     ``data``: ``offline``, a local file/directory or a Hub dataset id; default: the offline corpus
     for the demo budget, the recipe's dataset otherwise. ``other_source`` also measures perplexity
     on licence texts (a second held-out source, see :func:`linearize.data.license_documents`).
+    ``out_dir`` / ``run_dir`` are checked and locked before the model loads (:mod:`linearize.outputs`);
+    ``overwrite`` allows replacing what is there, ``resume`` continues the run directory's checkpoints
+    (which must have been trained from the same teacher, data, recipe and budget). ``dtype`` is the
+    saved weights' dtype (default: the teacher's).
     """
-    from .data import check_source, license_documents, prepare_data
+    from .data import check_source
+    from .training import make_accelerator
+
+    budget = resolve_budget(budget)
+    recipe = apply_budget(recipe, budget, tokens)
+    if train:
+        check_budget(recipe, tokens)
+    data_source = data or ("offline" if budget == "demo" else recipe.data.dataset)
+    is_main = os.environ.get("RANK", "0") == "0"
+    outputs = check_outputs(model_spec, out_dir, run_dir, train=train, overwrite=overwrite) \
+        if is_main else []
+    if train:
+        check_source(data_source)  # a missing or empty data file fails before the model loads
+    with locked(*outputs):
+        for run in (o for o in outputs if o.kind == "run"):
+            prepare_run_dir(run, resume, overwrite)
+        accelerator = make_accelerator() if train else None
+        return _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len, log, data_source, budget,
+                           resume, train, other_source, progress, overwrite, dtype, accelerator)
+
+
+def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len, log, data_source, budget, resume,
+                train, other_source, progress, overwrite, dtype, accelerator) -> PipelineResult:
+    from .data import license_documents, prepare_data
     from .export import save_model
+    from .outputs import write_marker
     from .training import (
         StageConfig,
         apply_lora,
         freeze_for_transfer,
-        full_state_dict,
         is_sharded,
-        make_accelerator,
         merge_lora,
         train_stage,
     )
 
-    budget = resolve_budget(budget)
-    recipe = apply_budget(recipe, budget, tokens)
-    data_source = data or ("offline" if budget == "demo" else recipe.data.dataset)
-    accelerator = make_accelerator() if train else None
     is_main = accelerator is None or accelerator.is_main_process
     say = log if is_main else (lambda *a, **k: None)
-    if train:
-        check_source(data_source)  # a missing or empty data file fails before the model loads
-
     t0 = time.perf_counter()
     say(f"loading {model_spec or 'the offline default teacher'} ...")
     loaded = load_model(model_spec)
@@ -202,13 +369,25 @@ def run_pipeline(
     loaded.model.to(device)
     result.seconds["load"] = time.perf_counter() - t0
 
-    training_data = None
+    training_data, origin = None, None
     if train:
-        rs = recipe.recovery
+        run_dir = Path(run_dir) if run_dir else (default_run_dir(out_dir) if out_dir else Path(tempfile.mkdtemp()))
+        result.run_dir = run_dir
+        origin = provenance(loaded, data_source, recipe, budget)
+        if resume and not check_resume(run_dir, origin):
+            say(f"--resume: no checkpoint in {run_dir} yet; starting from the beginning")
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                clear_run_dir(run_dir)  # only reached when empty or --overwrite (see prepare_run_dir)
+            write_marker(run_dir, "run", list(RUN_FILES))
+        rs, ts = recipe.recovery, recipe.transfer
+        shared = ts is not None and ts.seq_len == rs.seq_len  # stage 1 trains on the same windows
         t0 = time.perf_counter()
         training_data = prepare_data(
             loaded.tokenizer, data_source, rs.seq_len, recipe.data.template, recipe.data.validation_fraction,
-            recipe.data.max_samples, recipe.seed,
+            recipe.data.max_samples, recipe.seed, max_tokens=max(rs.tokens, ts.tokens if shared else 0),
+            progress=progress and is_main,
         )
         say(f"data: {training_data.describe()}")
         result.seconds["data"] = time.perf_counter() - t0
@@ -226,8 +405,8 @@ def run_pipeline(
             result.other_perplexity[name] = perplexity(loaded.model, other_tokens, eval_seq_len,
                                                        desc=f"{name} perplexity (licences)", progress=progress and is_main)
         result.seconds[f"eval {name}"] = time.perf_counter() - t
-        extra = f", licence text {result.other_perplexity[name]:.2f}" if name in result.other_perplexity else ""
-        say(f"{name} perplexity: held-out {result.perplexity[name]:.2f}{extra}")
+        extra = f", licence text {format_number(result.other_perplexity[name])}" if name in result.other_perplexity else ""
+        say(f"{name} perplexity: held-out {format_number(result.perplexity[name])}{extra}")
 
     measure("teacher")
     t0 = time.perf_counter()
@@ -237,21 +416,13 @@ def run_pipeline(
     measure("converted")
 
     if train:
-        run_dir = Path(run_dir) if run_dir else (default_run_dir(out_dir) if out_dir else Path(tempfile.mkdtemp()))
-        result.run_dir = run_dir
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                for stale in ("metrics.jsonl", "loss.png", "transfer", "recovery"):
-                    p = run_dir / stale
-                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
 
         def run_stage(label: str, trained, cfg, stage_data):
             """Train one stage, recording its wall time and result under the stage's name."""
             t0 = time.perf_counter()
             res = train_stage(trained, cfg, stage_data.train, stage_data.validation, run_dir, accelerator,
-                              resume=resume, log=say, progress=progress)
+                              resume=resume, log=say, progress=progress, provenance=origin)
             result.seconds[label] = time.perf_counter() - t0
             result.training[cfg.stage] = res.to_dict()
             return res
@@ -265,10 +436,12 @@ def run_pipeline(
             if ts.seq_len != recipe.recovery.seq_len:
                 stage_data = prepare_data(
                     loaded.tokenizer, data_source, ts.seq_len, recipe.data.template,
-                    recipe.data.validation_fraction, recipe.data.max_samples, recipe.seed,
+                    recipe.data.validation_fraction, recipe.data.max_samples, recipe.seed, max_tokens=ts.tokens,
+                    progress=progress and is_main,
                 )
             res = run_stage("stage 1 transfer", model, cfg, stage_data)
-            say(f"stage 1: attention MSE {res.val_before:.4g} -> {res.val_after:.4g} (validation) in {res.seconds:.0f}s")
+            say(f"stage 1: attention MSE {format_loss(res.val_before)} -> {format_loss(res.val_after)} (validation) "
+                f"in {res.seconds:.0f}s")
         elif recipe.transfer is not None:
             say("stage 1: skipped (the conversion added no parameters)")
         else:
@@ -281,7 +454,8 @@ def run_pipeline(
         torch.manual_seed(recipe.seed)
         peft_model = apply_lora(model, rs.lora)
         res = run_stage("stage 2 recovery", peft_model, cfg, training_data)
-        say(f"stage 2: validation loss {res.val_before:.4f} -> {res.val_after:.4f} in {res.seconds:.0f}s")
+        say(f"stage 2: validation loss {format_loss(res.val_before)} -> {format_loss(res.val_after)} "
+            f"in {res.seconds:.0f}s")
         if is_sharded(accelerator):
             loaded.model = _merged_from_shards(peft_model, model_spec, recipe, is_main, device)
         else:
@@ -291,13 +465,28 @@ def run_pipeline(
 
     if out_dir is not None and is_main:
         t0 = time.perf_counter()
-        saved = save_model(loaded.model, loaded.tokenizer, out_dir, report=result.to_dict())
+        saved = save_model(loaded.model, loaded.tokenizer, out_dir, report=result.to_dict(), overwrite=overwrite,
+                           dtype=save_dtype(dtype, loaded))
         result.seconds["save"] = time.perf_counter() - t0
         if result.run_dir is not None:
-            for name in ("metrics.jsonl", "loss.png"):
-                if (result.run_dir / name).is_file():
-                    shutil.copy2(result.run_dir / name, Path(saved) / name)
+            copied = [name for name in ("metrics.jsonl", "loss.png") if (result.run_dir / name).is_file()]
+            for name in copied:
+                shutil.copy2(result.run_dir / name, Path(saved) / name)
+            if copied:
+                write_marker(Path(saved), "model")
         say(f"saved to {Path(out_dir).resolve()}")
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return result
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def save_dtype(dtype: str | None, loaded: LoadedModel) -> torch.dtype | None:
+    """The dtype to save in: ``auto`` (or None) is the teacher's own (bfloat16 for a GGUF teacher)."""
+    if dtype in (None, "auto"):
+        return getattr(loaded, "dtype", None)
+    if dtype not in DTYPES:
+        raise LinearizeError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)

@@ -15,11 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
-from .attention_variants import AttentionSpec
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file and the key."""
+from .attention_spec import AttentionSpec
+from .errors import RecipeError
 
 
 class _Strict(BaseModel):
@@ -171,8 +168,8 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{key}: {msg}" if key else msg)
+    return f"{path}: " + "; ".join(lines)
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -181,7 +178,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys to values")
     data.setdefault("name", path.stem)

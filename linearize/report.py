@@ -3,6 +3,13 @@
 Recovery is the student's score as a percentage of the teacher's: ``100 * student / teacher`` for
 metrics where higher is better (accuracy, exact match), ``100 * teacher / student`` where lower is
 better (perplexity), so 100% always means "as good as the teacher" and less is worse.
+
+Each task's row shows its recovery as measured (above 100% where the student beats the teacher).
+The mean recovery counts every task at most at 100% (:data:`RECOVERY_CAP`), so a student better
+than its teacher on one task cannot hide a loss on another, and it says how many of the report's
+tasks it covers (a task without a recovery value -- no teacher number, a zero teacher score -- is
+not in the mean). Values of 1e6 and more (perplexities of unconverged models) are printed in
+scientific notation.
 """
 
 from __future__ import annotations
@@ -11,6 +18,16 @@ import math
 from dataclasses import dataclass
 
 from .task_pack import PACK_TASKS
+
+RECOVERY_CAP = 100.0  # the most one task contributes to the mean recovery, in percent
+LARGE_VALUE = 1e6  # at and above this, numbers are printed in scientific notation
+
+
+def format_number(value: float, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or in scientific notation (``8.76e+16``) from 1e6 on."""
+    if math.isfinite(value) and abs(value) >= LARGE_VALUE:
+        return f"{value:.{digits}e}"
+    return f"{value:.{digits}f}"
 
 
 @dataclass
@@ -34,7 +51,7 @@ class Headline:
             if self.stderr is not None and not math.isnan(self.stderr):
                 text += f" ± {100 * self.stderr:.1f}"
             return text
-        return f"{self.value:.2f}"
+        return format_number(self.value)
 
 
 def recovery(student: Headline, teacher: Headline) -> float | None:
@@ -54,7 +71,9 @@ def markdown_report(
 ) -> str:
     """One row per task, one column per model (+ a recovery column per student when a teacher is given).
 
-    Accuracies are shown in percent (± standard error); perplexities as is (lower is better).
+    Accuracies are shown in percent (± standard error); perplexities as is (lower is better). The
+    last row is each student's mean recovery (capped per task, with the number of tasks it covers;
+    see the module docstring).
     """
     if not runs:
         raise ValueError("nothing to report")
@@ -86,15 +105,20 @@ def markdown_report(
                 if rec is not None:
                     recoveries.setdefault(label, []).append(rec)
         lines.append("| " + " | ".join(row) + " |")
+    notes = []
     if teacher is not None and recoveries:
-        row = ["**mean recovery**", ""]
+        row = ["**mean recovery**", f"≤ {RECOVERY_CAP:.0f}% per task"]
         for label, _ in runs:
             row.append("")
             if label != teacher_label:
-                vals = recoveries.get(label, [])
-                row.append(f"**{sum(vals) / len(vals):.0f}%**" if vals else "")
+                vals = [min(v, RECOVERY_CAP) for v in recoveries.get(label, [])]
+                row.append(f"**{sum(vals) / len(vals):.0f}%** ({len(vals)} of {len(tasks)} tasks)" if vals else "")
         lines.append("| " + " | ".join(row) + " |")
-    notes = []
+        notes.append(
+            f"Mean recovery: over the tasks with a recovery value, each counted at most at {RECOVERY_CAP:.0f}% "
+            "(a student better than its teacher on one task cannot hide a loss on another); the task rows "
+            "show the measured values."
+        )
     described = [t for t in tasks if t in PACK_TASKS]
     if described:
         notes.append("Offline pack tasks: " + "; ".join(f"`{t}` {PACK_TASKS[t].description}" for t in described) + ".")

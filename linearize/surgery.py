@@ -11,15 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention_variants import AttentionSpec
+from .attention_spec import AttentionSpec
+from .errors import UnsupportedModelError
 from .configuration_linearized import CONFIG_CLASSES, LINEAR_LAYER, SOFTMAX_LAYER, family_of
 from .modeling_linearized import BASE_MODELS, MODEL_CLASSES, install_hybrid_attention
 
 SUPPORTED_FAMILIES = tuple(BASE_MODELS)
-
-
-class UnsupportedModelError(ValueError):
-    """The model's architecture has no surgery pass."""
 
 
 def check_supported(model: nn.Module) -> str:
@@ -51,7 +48,10 @@ def linearize_model(
     and every process of a distributed run builds the same model.
     """
     if getattr(model.config, "linearization", None) is not None:
-        raise ValueError("this model is already linearized")
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is already linearized (recipe {model.config.linearization.get('recipe')!r}): "
+            "give the teacher it was converted from"
+        )
     family = check_supported(model)
     n_layers = model.config.num_hidden_layers
     bad = [i for i in softmax_layers if not 0 <= int(i) < n_layers]

@@ -243,7 +243,13 @@ def _task_yaml(task: PackTask, data_file: Path) -> dict:
         config.update(
             doc_to_text="",
             doc_to_target="text",
-            metric_list=[{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
+            # Aggregation and direction spelled out (lm-eval's defaults for these metrics): lm-eval warns about
+            # every metric that leaves them to its defaults, once per evaluated model.
+            metric_list=[
+                {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+                {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+                {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
+            ],
         )
     config["metadata"] = {"version": PACK_VERSION, "description": task.description}
     return config

@@ -29,6 +29,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -36,9 +38,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_directory
 from .data import IGNORE_INDEX, PackedData
 from .errors import LinearizeError
+from .interrupts import Interrupted, consume, deferred, handle_signals, requested
 from .losses import cross_entropy_sum, recovery_loss_sum, transfer_loss
 
 STAGES = ("transfer", "recovery")
@@ -349,13 +351,30 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
 
 
 # ----- checkpoints --------------------------------------------------------------------------------
-def checkpoint_dir(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / stage / "checkpoint"
+# <run>/<stage>/step-NNNNNN/{state.pt, meta.json} and <run>/<stage>/latest naming the newest one. A checkpoint is
+# written into a temporary directory, renamed to a new name, and only then does ``latest`` (replaced atomically)
+# point at it; older ones are removed after that. A kill at any moment leaves ``latest`` naming a complete one.
+LATEST = "latest"
+
+
+def stage_dir(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def checkpoint_dir(run_dir: Path, stage: str) -> Path | None:
+    """The stage's newest complete checkpoint (None: there is none)."""
+    folder = stage_dir(run_dir, stage)
+    try:
+        name = (folder / LATEST).read_text().strip()
+    except OSError:
+        return None
+    path = folder / name
+    return path if name and (path / "meta.json").is_file() and (path / "state.pt").is_file() else None
 
 
 def read_checkpoint_meta(run_dir: Path, stage: str) -> dict | None:
-    meta = checkpoint_dir(run_dir, stage) / "meta.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    path = checkpoint_dir(run_dir, stage)
+    return json.loads((path / "meta.json").read_text()) if path is not None else None
 
 
 def _state_dict_options(**kw):
@@ -364,17 +383,57 @@ def _state_dict_options(**kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
-def save_checkpoint(run_dir, cfg, model, optimizer, scheduler, step, accelerator, complete=False, result=None):
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish_checkpoint(folder: Path, tmp: Path, step: int) -> Path:
+    """Rename ``tmp`` to a fresh ``step-N`` name, point ``latest`` at it, remove the older ones."""
+    name = f"step-{step:06d}"
+    n = 1
+    while (folder / name).exists():
+        name, n = f"step-{step:06d}.{n}", n + 1
+    tmp.rename(folder / name)
+    pointer = folder / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(name + "\n")
+    _fsync(pointer)
+    os.replace(pointer, folder / LATEST)
+    _fsync(folder)
+    for old in folder.iterdir():
+        if old.is_dir() and old.name != name and old.name.startswith("step-"):
+            shutil.rmtree(old, ignore_errors=True)
+    return folder / name
+
+
+def save_checkpoint(run_dir, cfg, model, optimizer, scheduler, step, accelerator, complete=False, result=None,
+                    provenance=None) -> Path | None:
+    """Write the stage's checkpoint at ``step`` (a collective: every process calls it); its path on the main one."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_state_dict_options(ignore_frozen_params=True))
+    path = None
     if accelerator.is_main_process:
-        with atomic_directory(checkpoint_dir(run_dir, cfg.stage)) as tmp:
+        folder = stage_dir(run_dir, cfg.stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}.tmp-", dir=folder))
+        try:
             torch.save({"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict()}, tmp / "state.pt")
-            meta = {"stage": cfg.stage, "step": step, "complete": complete, "fingerprint": cfg.fingerprint(),
-                    "config": asdict(cfg), "result": result}
+            meta = {"stage": cfg.stage, "step": step, "steps": cfg.steps, "complete": complete,
+                    "fingerprint": cfg.fingerprint(), "config": asdict(cfg), "result": result,
+                    "provenance": provenance}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            for f in tmp.iterdir():
+                _fsync(f)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        path = _publish_checkpoint(folder, tmp, step)
     accelerator.wait_for_everyone()
+    return path
 
 
 def load_checkpoint(run_dir, cfg, model, optimizer=None, scheduler=None) -> dict | None:
@@ -384,15 +443,16 @@ def load_checkpoint(run_dir, cfg, model, optimizer=None, scheduler=None) -> dict
         set_state_dict,
     )
 
-    meta = read_checkpoint_meta(run_dir, cfg.stage)
-    if meta is None:
+    path = checkpoint_dir(run_dir, cfg.stage)
+    if path is None:
         return None
+    meta = json.loads((path / "meta.json").read_text())
     if meta["fingerprint"] != cfg.fingerprint():
         raise TrainingError(
-            f"{checkpoint_dir(run_dir, cfg.stage)} was written with other {cfg.stage} settings "
-            f"({_diff(meta['config'], asdict(cfg))}); remove it or run without --resume"
+            f"{path} was written with other {cfg.stage} settings "
+            f"({_diff(meta['config'], asdict(cfg))}); start over with --overwrite, or resume with the same settings"
         )
-    state = torch.load(checkpoint_dir(run_dir, cfg.stage) / "state.pt", map_location="cpu", weights_only=True)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     opts = _state_dict_options(strict=False)
     if optimizer is not None:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=opts)
@@ -490,12 +550,17 @@ def train_stage(
     log=print,
     progress: bool = True,
     stop_after: int | None = None,
+    provenance: dict | None = None,
 ) -> StageResult:
     """Train ``model``'s trainable parameters for one stage; returns what happened.
 
     ``model`` is the raw module (converted model or its peft wrapper) with ``requires_grad`` set
     on what to train. ``stop_after`` stops after that many optimizer steps in total (as an
     interruption would; used by tests); the latest checkpoint then is the one a resume starts from.
+    ``provenance`` (what the run was trained from) is stored in every checkpoint.
+
+    SIGINT / SIGTERM during the stage finish the current optimizer step, write a checkpoint at it and
+    raise :class:`~linearize.interrupts.Interrupted` (see :mod:`linearize.interrupts`).
     """
     from tqdm.auto import tqdm
 
@@ -549,109 +614,123 @@ def train_stage(
         f"{cfg.stage}: {cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens = {cfg.steps * tps:,} tokens, "
         f"{n_params:,} trainable parameters, micro-batch {micro} x {per_rank // micro} accumulation x {world} processes"
     )
-    val_before = None
-    if val_data is not None and start_step == 0:
-        ev = evaluate(cfg, raw_model, val_data, micro, accelerator)
-        val_before = ev["val_loss"]
-        metrics.write({"stage": cfg.stage, "step": 0, "tokens": 0, **ev})
-    elif result_meta is not None:
-        val_before = (result_meta.get("result") or {}).get("val_before")
 
-    bar = tqdm(
-        total=cfg.steps * tps, initial=start_step * tps, unit="tok", unit_scale=True, dynamic_ncols=True,
-        desc="stage 1 transfer" if cfg.stage == "transfer" else "stage 2 recovery", disable=not (is_main and progress),
-    )
-    t_start, tokens_done, loss_value = time.perf_counter(), 0, None
-    device = accelerator.device
-    set_activation_checkpointing(raw_model, cfg.activation_checkpointing)
-    model.train()
-    step = start_step
-    for step in range(start_step, cfg.steps):
-        if stop_after is not None and step >= stop_after:
-            break
-        t_step = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 997 + rank)
-        idx = order.indices(step, cfg.batch_size, rank, world)
-        ids_all, labels_all = train_data.input_ids[idx], train_data.labels[idx]
-        n_label = int((labels_all[:, 1:] != IGNORE_INDEX).sum())
-        if world > 1:  # normalise by the trained tokens of the whole global batch
-            n_label = int(accelerator.reduce(torch.tensor(n_label, device=device), "sum"))
-            n_label = max(1, n_label // world)  # DDP averages gradients over processes
-        total = torch.zeros((), device=device)
-        layer_total = None
-        n_micro = per_rank // micro
-        for m in range(n_micro):
-            ids = ids_all[m * micro : (m + 1) * micro].to(device)
-            labels = labels_all[m * micro : (m + 1) * micro].to(device)
-            sync = m == n_micro - 1 or world == 1
-            with contextlib.nullcontext() if (sync or replicated) else accelerator.no_sync(model):
-                with accelerator.autocast() if replicated else contextlib.nullcontext():  # prepare() adds it otherwise
-                    loss, layer = _forward_loss(cfg, model, raw_model, ids, labels, n_label)
-                if cfg.stage == "transfer":
-                    loss = loss / n_micro
-                accelerator.backward(loss)
-            total += loss.detach().float()
-            if layer is not None:
-                layer_total = layer / n_micro if layer_total is None else layer_total + layer / n_micro
-        if replicated:
-            _average_gradients(trainable, world)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        else:
-            grad_norm = accelerator.clip_grad_norm_(trainable if world == 1 else model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = float(accelerator.reduce(total, "mean")) if world > 1 else float(total)
-        tokens_done += tps
-        bar.update(tps)
-        bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - t_start
-            row = {
-                "stage": cfg.stage, "step": done, "tokens": done * tps, "loss": loss_value,
-                "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tok_per_s": tps / max(1e-9, time.perf_counter() - t_step), "elapsed_s": elapsed,
-            }
-            if layer_total is not None:
-                row["layer_mse"] = [round(float(x), 8) for x in layer_total]
-            metrics.write(row)
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and val_data is not None:
-            metrics.write({"stage": cfg.stage, "step": done, "tokens": done * tps,
-                           **evaluate(cfg, raw_model, val_data, micro, accelerator)})
-            model.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            save_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler, done, accelerator)
-            if is_main:
-                plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    bar.close()
-    set_activation_checkpointing(raw_model, False)
-    seconds = time.perf_counter() - t_start
-    interrupted = stop_after is not None and stop_after < cfg.steps
-    completed_steps = min(cfg.steps, stop_after) if interrupted else cfg.steps
-    result = StageResult(
-        stage=cfg.stage, steps=completed_steps, tokens=completed_steps * tps, seconds=seconds, val_before=val_before,
-        final_loss=loss_value, resumed_from=start_step,
-        extra={"tok_per_s": tokens_done / max(1e-9, seconds), "trainable_parameters": n_params},
-    )
-    if not interrupted:
-        if val_data is not None:
+    def checkpoint(step: int, complete: bool = False, result: StageResult | None = None) -> Path | None:
+        summary = result.to_dict() if result is not None else {"val_before": val_before}
+        return save_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler, step, accelerator,
+                               complete=complete, result=summary, provenance=provenance)
+
+    def stop_if_requested(step: int) -> None:
+        """After a signal: checkpoint at ``step`` (all processes agree on it) and raise Interrupted."""
+        signum = requested()
+        if world > 1:
+            signum = int(accelerator.reduce(torch.tensor(signum or 0, device=accelerator.device), "max")) or None
+        if signum is None:
+            return
+        consume()
+        bar.close()
+        path = checkpoint(step)
+        if is_main:
+            plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        raise Interrupted(signum, stage=cfg.stage, step=step, steps=cfg.steps, checkpoint=path)
+
+    with handle_signals(), deferred():
+        val_before = None
+        if result_meta is not None:
+            val_before = (result_meta.get("result") or {}).get("val_before")
+        elif val_data is not None:
             ev = evaluate(cfg, raw_model, val_data, micro, accelerator)
-            result.val_after = ev["val_loss"]
-            metrics.write({"stage": cfg.stage, "step": cfg.steps, "tokens": cfg.steps * tps, **ev})
-        save_checkpoint(run_dir, cfg, raw_model, inner_optimizer, scheduler, cfg.steps, accelerator,
-                        complete=True, result=result.to_dict())
-    if is_main:
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    set_attention_mode(raw_model, "hybrid")
-    accelerator.free_memory()
+            val_before = ev["val_loss"]
+            metrics.write({"stage": cfg.stage, "step": 0, "tokens": 0, **ev})
+
+        bar = tqdm(
+            total=cfg.steps * tps, initial=start_step * tps, unit="tok", unit_scale=True, dynamic_ncols=True,
+            desc="stage 1 transfer" if cfg.stage == "transfer" else "stage 2 recovery",
+            disable=not (is_main and progress),
+        )
+        t_start, tokens_done, loss_value = time.perf_counter(), 0, None
+        device = accelerator.device
+        set_activation_checkpointing(raw_model, cfg.activation_checkpointing)
+        model.train()
+        for step in range(start_step, cfg.steps):
+            if stop_after is not None and step >= stop_after:
+                break
+            stop_if_requested(step)
+            t_step = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 997 + rank)
+            idx = order.indices(step, cfg.batch_size, rank, world)
+            ids_all, labels_all = train_data.input_ids[idx], train_data.labels[idx]
+            n_label = int((labels_all[:, 1:] != IGNORE_INDEX).sum())
+            if world > 1:  # normalise by the trained tokens of the whole global batch
+                n_label = int(accelerator.reduce(torch.tensor(n_label, device=device), "sum"))
+                n_label = max(1, n_label // world)  # DDP averages gradients over processes
+            total = torch.zeros((), device=device)
+            layer_total = None
+            n_micro = per_rank // micro
+            for m in range(n_micro):
+                ids = ids_all[m * micro : (m + 1) * micro].to(device)
+                labels = labels_all[m * micro : (m + 1) * micro].to(device)
+                sync = m == n_micro - 1 or world == 1
+                with contextlib.nullcontext() if (sync or replicated) else accelerator.no_sync(model):
+                    with accelerator.autocast() if replicated else contextlib.nullcontext():  # prepare() adds it otherwise
+                        loss, layer = _forward_loss(cfg, model, raw_model, ids, labels, n_label)
+                    if cfg.stage == "transfer":
+                        loss = loss / n_micro
+                    accelerator.backward(loss)
+                total += loss.detach().float()
+                if layer is not None:
+                    layer_total = layer / n_micro if layer_total is None else layer_total + layer / n_micro
+            if replicated:
+                _average_gradients(trainable, world)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            else:
+                grad_norm = accelerator.clip_grad_norm_(trainable if world == 1 else model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = float(accelerator.reduce(total, "mean")) if world > 1 else float(total)
+            tokens_done += tps
+            bar.update(tps)
+            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - t_start
+                row = {
+                    "stage": cfg.stage, "step": done, "tokens": done * tps, "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "tok_per_s": tps / max(1e-9, time.perf_counter() - t_step), "elapsed_s": elapsed,
+                }
+                if layer_total is not None:
+                    row["layer_mse"] = [round(float(x), 8) for x in layer_total]
+                metrics.write(row)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and val_data is not None:
+                metrics.write({"stage": cfg.stage, "step": done, "tokens": done * tps,
+                               **evaluate(cfg, raw_model, val_data, micro, accelerator)})
+                model.train()
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                checkpoint(done)
+                if is_main:
+                    plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        bar.close()
+        set_activation_checkpointing(raw_model, False)
+        seconds = time.perf_counter() - t_start
+        interrupted = stop_after is not None and stop_after < cfg.steps
+        completed_steps = min(cfg.steps, stop_after) if interrupted else cfg.steps
+        result = StageResult(
+            stage=cfg.stage, steps=completed_steps, tokens=completed_steps * tps, seconds=seconds,
+            val_before=val_before, final_loss=loss_value, resumed_from=start_step,
+            extra={"tok_per_s": tokens_done / max(1e-9, seconds), "trainable_parameters": n_params},
+        )
+        if not interrupted:
+            if val_data is not None:
+                ev = evaluate(cfg, raw_model, val_data, micro, accelerator)
+                result.val_after = ev["val_loss"]
+                metrics.write({"stage": cfg.stage, "step": cfg.steps, "tokens": cfg.steps * tps, **ev})
+            final = checkpoint(cfg.steps, complete=True, result=result)
+        if is_main:
+            plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        set_attention_mode(raw_model, "hybrid")
+        accelerator.free_memory()
+        if not interrupted and requested() is not None:  # a signal during the last step: the stage is complete
+            raise Interrupted(consume(), stage=cfg.stage, step=cfg.steps, steps=cfg.steps, checkpoint=final)
     return result
-
-
-def load_stage_result(run_dir, cfg: StageConfig, model) -> StageResult | None:
-    """Load a completed stage's parameters into ``model``; None when it is not complete."""
-    meta = read_checkpoint_meta(run_dir, cfg.stage)
-    if not meta or not meta.get("complete"):
-        return None
-    load_checkpoint(run_dir, cfg, model)
-    return StageResult(**meta["result"])

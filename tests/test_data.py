@@ -12,6 +12,8 @@ from linearize.data import (
     IGNORE_INDEX,
     DataError,
     Example,
+    check_source,
+    data_identity,
     license_documents,
     pack,
     prepare_data,
@@ -33,6 +35,17 @@ class ByteTokenizer:
 
 
 TOK = ByteTokenizer()
+
+
+class CountingTokenizer(ByteTokenizer):
+    """The byte tokenizer, counting the characters it was asked to tokenise."""
+
+    def __init__(self):
+        self.chars = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        self.chars += sum(len(t) for t in texts)
+        return super().__call__(texts, add_special_tokens)
 
 
 def _jsonl(path, rows):
@@ -124,9 +137,15 @@ def test_cli_reports_bad_data_before_loading_or_training(tmp_path, monkeypatch):
     monkeypatch.setattr(linearize.teachers, "load_model", no_model)
     monkeypatch.setattr("linearize.pipeline.load_model", no_model)
     runner = CliRunner()
-    for path, message in [(tmp_path / "nope.txt", "data file not found"), (tmp_path / "empty.jsonl", "empty")]:
-        if path.name.startswith("empty"):
-            path.write_text("")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+    (tmp_path / "one.txt").write_text("one paragraph only\n")
+    for path, message in [
+        (tmp_path / "nope.txt", "data file not found"),
+        (tmp_path / "empty.jsonl", "empty"),
+        (tmp_path / "bad.jsonl", "bad.jsonl: line 2 is not valid JSON"),
+        (tmp_path / "one.txt", "a .txt file is split into examples at blank lines"),
+    ]:
         res = runner.invoke(main, ["--data", str(path), "--out", str(tmp_path / "out"), "--budget", "demo"])
         assert res.exit_code == 2, res.output
         assert res.output.count("\n") == 1 and message in res.output
@@ -138,3 +157,89 @@ def test_second_heldout_source_is_different_text():
     assert sum(len(d) for d in docs) > 50_000
     assert "warranty" in " ".join(docs).lower()
     assert not {d[:100] for d in docs} & {d[:100] for d in heldout_documents()}
+
+
+# ----- bad files name the file and the problem ---------------------------------------------------
+def test_malformed_jsonl_names_the_file_the_line_and_the_parse_error(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": "three" "x"}\n' + '{"text": "more"}\n' * 10)
+    expected = rf"rows\.jsonl: line 4 is not valid JSON: Expecting ',' delimiter \(column 18\)"
+    with pytest.raises(DataError, match=expected):
+        check_source(str(path))
+    with pytest.raises(DataError, match=expected):
+        prepare_data(TOK, str(path), 8)
+
+
+def test_single_paragraph_txt_names_the_file_and_the_blank_line_rule(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("a single paragraph\nover two lines, with no blank line between any of them\n")
+    for check in (lambda: check_source(str(path)), lambda: prepare_data(TOK, str(path), 8)):
+        with pytest.raises(DataError, match=r"one\.txt: need at least 2 examples.*split into examples at blank lines"):
+            check()
+
+
+def test_sources_are_named_without_local_paths(tmp_path):
+    folder = tmp_path / "my-corpus"
+    folder.mkdir()
+    (folder / "part.txt").write_text("\n\n".join(f"paragraph {i} " * 8 for i in range(40)))
+    for source, name in [(folder / "part.txt", "part.txt"), (folder, "my-corpus")]:
+        data = prepare_data(TOK, str(source), 16)
+        assert data.source == name
+        assert str(tmp_path) not in data.describe()
+
+
+# ----- max_tokens: read and tokenise only what the budget needs ----------------------------------
+def _paragraphs_file(path, megabytes: float):
+    paragraph = "the quick brown fox jumps over the lazy dog " * 6
+    count = int(megabytes * 2**20 / (len(paragraph) + 2))
+    path.write_text("\n\n".join(f"{i} {paragraph}" for i in range(count)))
+    return path, count
+
+
+def test_max_tokens_reads_and_tokenises_only_what_the_budget_needs(tmp_path):
+    path, paragraphs = _paragraphs_file(tmp_path / "big.txt", 3)
+    tokenizer = CountingTokenizer()
+    data = prepare_data(tokenizer, str(path), 64, max_tokens=1024)
+    assert len(data.train) >= 1024 // 64 and len(data.validation) == 16
+    assert tokenizer.chars < 1.5 * 2**20  # the first MiB, not the 3 MiB file
+    assert data.num_examples < paragraphs / 2  # reading stopped early too
+    again = prepare_data(TOK, str(path), 64, max_tokens=1024)
+    assert torch.equal(again.train.input_ids, data.train.input_ids)
+    assert torch.equal(again.validation.input_ids, data.validation.input_ids)
+
+    tokenizer = CountingTokenizer()
+    more = prepare_data(tokenizer, str(path), 64, max_tokens=2_000_000)  # more than the first round reads
+    assert len(more.train) * 64 >= 2_000_000 and tokenizer.chars < 2.9 * 2**20
+
+
+@pytest.mark.parametrize("source", ["offline", "file"])
+def test_max_tokens_changes_nothing_when_the_budget_covers_the_data(tmp_path, source):
+    if source == "file":
+        source, _ = _paragraphs_file(tmp_path / "small.txt", 0.2)
+    whole = prepare_data(TOK, str(source), 128, seed=5)
+    for max_tokens in (64 * 1024, 10**9):  # the demo's stage budget; more than the data
+        limited = prepare_data(TOK, str(source), 128, seed=5, max_tokens=max_tokens)
+        for split in ("train", "validation"):
+            assert torch.equal(getattr(limited, split).input_ids, getattr(whole, split).input_ids)
+            assert torch.equal(getattr(limited, split).labels, getattr(whole, split).labels)
+        assert limited.num_examples == whole.num_examples
+
+
+# ----- identity, for resuming --------------------------------------------------------------------
+def test_data_identity_follows_the_files(tmp_path):
+    offline = data_identity("offline")
+    assert set(offline) == {"offline"} and len(offline["offline"]) == 64 and data_identity(None) == offline
+    assert data_identity("yahma/alpaca-cleaned") == {"dataset": "yahma/alpaca-cleaned", "split": "train"}
+
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("first\n\nsecond")
+    (folder / "sub" / "b.txt").write_text("third\n\nfourth")
+    before = data_identity(str(folder))
+    assert set(before["files"]) == {"a.txt", "sub/b.txt"}
+    assert data_identity(str(folder)) == before
+    assert data_identity(str(folder / "a.txt")) == {"files": {"a.txt": before["files"]["a.txt"]}}
+    (folder / "sub" / "b.txt").write_text("third\n\nfifth!")
+    after = data_identity(str(folder))
+    assert after["files"]["a.txt"] == before["files"]["a.txt"]
+    assert after["files"]["sub/b.txt"] != before["files"]["sub/b.txt"]

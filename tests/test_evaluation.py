@@ -25,7 +25,7 @@ from linearize.evaluation import (
     headlines,
     resolve_tasks,
 )
-from linearize.report import Headline, markdown_report, recovery
+from linearize.report import Headline, format_number, markdown_report, recovery
 from linearize.task_pack import (
     PACK_GROUP,
     PACK_TASKS,
@@ -155,7 +155,26 @@ def test_report_recovery_percentages():
     assert rows[0] == "| task | metric | teacher | student | recovery |"
     assert rows[2] == "| lin_recall_6 | acc % ↑ | 50.0 | 40.0 | 80% |"
     assert rows[3] == "| lin_ppl | word_perplexity ↓ | 10.00 | 20.00 | 50% |"
-    assert rows[4] == "| **mean recovery** |  |  |  | **65%** |"
+    assert rows[4] == "| **mean recovery** | ≤ 100% per task |  |  | **65%** (2 of 2 tasks) |"
+
+
+def test_mean_recovery_is_capped_per_task_and_says_what_it_covers():
+    teacher = [Headline("lin_recall_6", "acc", 0.5), Headline("lin_cloze", "acc", 0.4),
+               Headline("lin_ppl", "word_perplexity", 10.0, higher_is_better=False),
+               Headline("lin_passkey_64", "exact_match", 0.0)]
+    student = [Headline("lin_recall_6", "acc", 0.75), Headline("lin_cloze", "acc", 0.2),
+               Headline("lin_ppl", "word_perplexity", 87550673606432224.0, higher_is_better=False),
+               Headline("lin_passkey_64", "exact_match", 0.1)]
+    table = markdown_report([("teacher", teacher), ("student", student)])
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("|")}
+    assert rows["lin_recall_6"].endswith("| 75.0 | 150% |")  # the row shows the measured recovery
+    assert rows["lin_ppl"] == "| lin_ppl | word_perplexity ↓ | 10.00 | 8.76e+16 | 0% |"
+    assert rows["lin_passkey_64"].endswith("| 10.0 |  |")  # a teacher score of 0: no recovery
+    # (min(150, 100) + 50 + 0) / 3 = 50, over 3 of the 4 tasks; uncapped it would be 67%
+    assert rows["**mean recovery**"].endswith("| **50%** (3 of 4 tasks) |")
+    assert "cannot hide a loss on another" in table
+    assert Headline("lin_ppl", "word_perplexity", 999999.0, higher_is_better=False).display() == "999999.00"
+    assert Headline("lin_ppl", "word_perplexity", 1234567.0, higher_is_better=False).display() == "1.23e+06"
 
 
 # --------------------------------------------------------------------------- the real harness
@@ -247,3 +266,44 @@ def test_lm_eval_cli_on_saved_converted_model_matches_in_memory(models, tokenize
     (head,) = headlines(in_memory, ["lin_cloze"])
     assert cli["acc,none"] == pytest.approx(head.value)
     assert cli["perplexity,none"] == pytest.approx(in_memory["results"]["lin_cloze"]["perplexity,none"], rel=1e-4)
+
+
+EVAL_SCRIPT = r"""
+import sys
+from linearize.evaluation import run_eval
+
+run_eval(sys.argv[2:], tasks="lin_ppl", out_dir=sys.argv[1], limit=2, batch_size=2, log=lambda *a: None)
+"""
+
+
+def test_eval_of_models_in_same_named_directories_in_a_fresh_process(models, tmp_path):
+    """Two models in ``A/model`` and ``B/model`` get their own labels, columns and results files; outside
+    any git repository, stderr has no ``fatal:`` from lm-eval's git call and no warnings about the pack's YAML."""
+    import shutil
+
+    work = tmp_path / "work"
+    a, b = work / "A" / "model", work / "B" / "model"
+    shutil.copytree(models["teacher_dir"], a)
+    shutil.copytree(models["student_dir"], b)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "GIT_CEILING_DIRECTORIES": str(tmp_path)}  # git cannot find a repository above the working directory
+    proc = subprocess.run(
+        [sys.executable, "-c", EVAL_SCRIPT, str(work / "out"), str(a), str(b)],
+        capture_output=True, text=True, env=env, timeout=300, cwd=work, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fatal:" not in proc.stderr, proc.stderr[-3000:]
+    assert "is defined, but" not in proc.stderr, proc.stderr[-3000:]  # lm-eval's warnings about metric defaults
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    labels = [m["label"] for m in summary["models"]]
+    assert labels == ["A/model", "B/model"]
+    values = {}
+    for label, model in zip(labels, summary["models"]):
+        raw = json.loads((work / "out" / "results" / f"{label.replace('/', '-')}.json").read_text())
+        values[label] = raw["results"]["lin_ppl"]["word_perplexity,none"]
+        assert model["headlines"][0]["value"] == pytest.approx(values[label])
+    assert values["A/model"] != pytest.approx(values["B/model"], rel=1e-3)  # two models, two numbers
+    report = (work / "out" / "report.md").read_text().splitlines()
+    assert report[0] == "| task | metric | A/model | B/model |"
+    a_text, b_text = format_number(values["A/model"]), format_number(values["B/model"])
+    assert a_text != b_text and report[2] == f"| lin_ppl | word_perplexity ↓ | {a_text} | {b_text} |"

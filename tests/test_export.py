@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,17 @@ def saved(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def saved_bf16(tmp_path_factory):
+    """The llama-liger case saved with ``dtype=torch.bfloat16``: (dir, fp32 reference outputs, in-memory model)."""
+    model = converted(*CASES["llama-liger"])
+    tokenizer = tiny_tokenizer()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = save_model(model, tokenizer, tmp_path_factory.mktemp("export-bf16") / "llama-liger-bf16",
+                      dtype=torch.bfloat16)
+    return path, reference_outputs(model, tokenizer), model, before
+
+
 CLEAN_SCRIPT = r'''
 import importlib.abc, json, sys
 
@@ -126,6 +138,7 @@ for path in sys.argv[3:]:
         logits = model(**batch).logits
         generated = model.generate(**tokenizer(prompts[:1], return_tensors="pt"), max_new_tokens=6, do_sample=False)
     results["models"][path] = {
+        "dtype": str(model.dtype),
         "class_module": type(model).__module__,
         "class_file": sys.modules[type(model).__module__].__file__,
         "config_module": type(model.config).__module__,
@@ -164,11 +177,11 @@ def test_checkpoint_is_self_contained(saved):
         assert json.loads((path / "linearize_report.json").read_text())["training"]["tokens"] == 200_000
 
 
-def test_round_trip_in_clean_environment_without_linearize(saved, tmp_path):
+def test_round_trip_in_clean_environment_without_linearize(saved, saved_bf16, tmp_path):
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    paths = [str(path) for path, _ in saved.values()]
+    paths = [str(path) for path, _ in saved.values()] + [str(saved_bf16[0])]
     proc = subprocess.run(
         [sys.executable, "-I", "-c", CLEAN_SCRIPT, str(out), json.dumps(PROMPTS), *paths],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
@@ -192,6 +205,14 @@ def test_round_trip_in_clean_environment_without_linearize(saved, tmp_path):
         assert diff <= 1e-5, (name, diff)
         assert got["generated"] == reference["generated"], name
         assert len(got["generated"]) > len(reference["ids"][0]) - 1
+        assert got["dtype"] == "torch.float32"
+    # The bfloat16 checkpoint loads through the shipped code in bfloat16, close to the fp32 model.
+    path, reference, _, _ = saved_bf16
+    got = results["models"][str(path)]
+    assert got["dtype"] == "torch.bfloat16" and got["class_module"].startswith("transformers_modules.")
+    valid = torch.tensor(reference["ids"]) != 0
+    diff = (torch.tensor(got["logits"]) - torch.tensor(reference["logits"]))[valid].abs().max().item()
+    assert 0 < diff <= 0.05, diff
 
 
 def test_loads_without_remote_code_when_linearize_is_installed(saved):
@@ -208,6 +229,107 @@ def test_loads_without_remote_code_when_linearize_is_installed(saved):
             logits = model(**batch).logits
         valid = batch["attention_mask"].bool()
         assert torch.allclose(logits[valid], torch.tensor(reference["logits"])[valid], atol=1e-5), name
+
+
+def test_save_in_bfloat16_halves_the_file_and_leaves_the_model_alone(saved, saved_bf16):
+    from transformers import AutoModelForCausalLM
+
+    path, reference, model, before = saved_bf16
+    fp32_size = (saved["llama-liger"][0] / "model.safetensors").stat().st_size
+    size = (path / "model.safetensors").stat().st_size
+    assert 0.45 < size / fp32_size < 0.55, (size, fp32_size)
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    config = json.loads((path / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config.get("torch_dtype", "bfloat16") == "bfloat16"
+    # The model passed in is unchanged: still fp32, same values.
+    assert model.dtype == torch.float32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert reloaded.dtype == torch.bfloat16
+    tokenizer = tiny_tokenizer()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = reloaded(**batch).logits.float()
+    valid = batch["attention_mask"].bool()
+    diff = (logits[valid] - torch.tensor(reference["logits"])[valid]).abs().max().item()
+    assert 0 < diff <= 0.05, diff
+    with pytest.raises(ValueError, match="not a torch floating-point dtype"):
+        save_model(model, tokenizer, path.parent / "never", dtype="int8")
+    assert not (path.parent / "never").exists()
+
+
+def test_saved_checkpoint_names_no_local_path(tmp_path):
+    """A teacher given by absolute path and a report naming local data: no saved file contains the path."""
+    from tiny_models import save_tiny_teacher
+
+    from linearize.teachers import load_model
+
+    root = tmp_path / "private-home"
+    teacher = save_tiny_teacher(root / "models" / "tiny-teacher").resolve()
+    (teacher / "README.md").write_text("---\nlicense: mit\n---\n# my teacher\n")
+    loaded = load_model(str(teacher))
+    # The library API records whatever teacher it is given; here the absolute path.
+    spec = load_recipe("liger-gla").attention.to_spec()
+    linearize_model(loaded.model, spec, recipe="liger-gla", teacher=str(teacher))
+    data = root / "data" / "train.txt"
+    report = {"teacher": str(teacher), "recipe": "liger-gla", "data": str(data),
+              "heldout_perplexity": {"teacher": 87550673606432224.0},
+              "training": {"data": f"{data} (plain): 12 examples, 3 x 256 training tokens", "budget": "demo",
+                           "recovery": {"tokens": 768, "seconds": 2.0}}}
+    out = save_model(loaded.model, loaded.tokenizer, tmp_path / "out" / "tiny-liger", report=report)
+    leaks = [p.name for p in out.iterdir() if str(tmp_path).encode() in p.read_bytes()]
+    assert not leaks, leaks
+    config = json.loads((out / "config.json").read_text())
+    assert config["linearization"]["teacher"] == "tiny-teacher"
+    saved_report = json.loads((out / "linearize_report.json").read_text())
+    assert saved_report["teacher"] == "tiny-teacher" and saved_report["data"] == "train.txt"
+    assert saved_report["training"]["data"].startswith("train.txt (plain): 12 examples")
+    card = (out / "README.md").read_text()
+    assert "`tiny-teacher`" in card and "data: train.txt (plain)" in card
+    assert read_front_matter(card)["license"] == "mit"  # still read from the local teacher's own card
+    assert "| teacher | 8.76e+16 |" in card
+    write_model_card(out)  # rewritten later (e.g. after an evaluation): the license stays
+    assert read_front_matter((out / "README.md").read_text())["license"] == "mit"
+    # Hub ids are recorded as they are.
+    card = render_model_card(_config(teacher=TEACHER), {"teacher": TEACHER, "training": {
+        "data": "HuggingFaceFW/fineweb-edu", "recovery": {"tokens": 768}}})
+    assert f"[{TEACHER}](https://huggingface.co/{TEACHER})" in card and "data: HuggingFaceFW/fineweb-edu" in card
+
+
+def test_checkpoint_with_a_bad_linearization_is_refused_on_load(saved, tmp_path):
+    """An unknown layer type or a missing ``linearization`` block is an error naming it, with and without the
+    shipped code (which cannot import linearize: its error is a ValueError subclass of its own)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    from linearize.configuration_linearized import LinearizationConfigError
+
+    source, _ = saved["qwen3-lizard"]
+    cases = {
+        "unknown-type": (lambda lin: lin["layer_types"].__setitem__(2, "linear_fast"),
+                         "linearization.layer_types[2] is 'linear_fast', not a known layer type (linear_hybrid, softmax)"),
+        "too-few-layers": (lambda lin: lin["layer_types"].pop(), "names 2 layers, the model has 3"),
+        "no-linearization": (None, "(model_type 'linearized_qwen3') has no 'linearization' block"),
+    }
+    for name, (change, message) in cases.items():
+        path = tmp_path / name
+        shutil.copytree(source, path)
+        config = json.loads((path / "config.json").read_text())
+        if change is None:
+            del config["linearization"]
+        else:
+            change(config["linearization"])
+        (path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(LinearizationConfigError) as err:
+            AutoModelForCausalLM.from_pretrained(path)
+        assert str(err.value).startswith(f"{path}/config.json: ") and message in str(err.value), str(err.value)
+        shipped = get_class_from_dynamic_module("modeling_linearized.LinearizedQwen3ForCausalLM", str(path))
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            shipped.from_pretrained(path)
+        assert type(err.value).__name__ == "LinearizationConfigError"
 
 
 def test_lora_is_merged_and_save_is_atomic(tmp_path):

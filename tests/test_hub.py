@@ -184,3 +184,37 @@ def test_push_user_errors_send_nothing(checkpoint, hub, tmp_path, monkeypatch):
     result = push(checkpoint, "--repo", "me/x")
     assert result.exit_code == 2 and "no Hugging Face token" in result.output, result.output
     assert [kind for _, kind, _, _ in hub.state.requests if kind != "agent-harnesses"] == []
+
+
+def test_push_refuses_links_to_files_outside_the_directory(checkpoint, hub, tmp_path):
+    """A link to an outside file would publish that file: refused before anything is sent; a link to a
+    file inside the directory is published as that file."""
+    import shutil
+
+    model_dir = tmp_path / "tiny-liger"
+    shutil.copytree(checkpoint, model_dir, ignore=shutil.ignore_patterns("checkpoints", ".*"))
+    secret = b"PRIVATE KEY material that must never leave this machine\n"
+    (tmp_path / "secret.txt").write_bytes(secret)
+    before = snapshot(model_dir)
+    (model_dir / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    (model_dir / "extra.md").symlink_to("../secret.txt")
+    (model_dir / "dangling.json").symlink_to(tmp_path / "gone.json")
+    result = push(model_dir, "--repo", "me/tiny")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "symbolic links to files outside the directory" in lines[0]
+    for name in ("notes.txt", "extra.md", "dangling.json"):
+        assert name in lines[0]
+    assert [kind for _, kind, _, _ in hub.state.requests if kind != "agent-harnesses"] == []  # nothing sent
+    assert not hub.state.repos
+
+    for name in ("notes.txt", "extra.md", "dangling.json"):
+        (model_dir / name).unlink()
+    assert snapshot(model_dir) == before
+    (model_dir / "MODEL_CARD.md").symlink_to("README.md")  # inside the directory: uploaded as its target
+    result = push(model_dir, "--repo", "me/tiny")
+    assert result.exit_code == 0, result.output
+    files = hub.state.files("me/tiny")
+    assert files["MODEL_CARD.md"] == (model_dir / "README.md").read_bytes()
+    assert not any(secret in content for content in files.values())

@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from linearize.cli import main
 from linearize.recipes import RecipeError, load_recipe, shipped_recipes
-from tiny_models import tiny_model
+from tiny_models import save_word_tokenizer, tiny_model
 
 
 def _write(tmp_path, text, name="r.yaml"):
@@ -107,14 +107,31 @@ def test_bad_layer_index_leaves_previous_output_untouched(tmp_path):
     tiny_model("llama").save_pretrained(model_dir)
     _tokenizer_dir(model_dir)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous run")
+    assert CliRunner().invoke(main, ["convert", str(model_dir), "--out", str(out)]).exit_code == 0  # a previous run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     recipe = _write(tmp_path, "softmax_layers: [9]\n")
     result = CliRunner().invoke(main, ["convert", str(model_dir), "--recipe", str(recipe), "--out", str(out)])
     assert result.exit_code == 2
     assert "softmax_layers: layer [9] beyond the model's depth" in result.output
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_rerun_replaces_its_own_output_and_overwrite_replaces_the_users(tmp_path):
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    _tokenizer_dir(model_dir)
+    out = tmp_path / "out"
+    for _ in range(2):  # an earlier output of the same kind is replaced without asking
+        result = CliRunner().invoke(main, ["convert", str(model_dir), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    (out / "my-notes.txt").write_text("mine")  # now it holds a file of the user's
+    result = CliRunner().invoke(main, ["convert", str(model_dir), "--out", str(out)])
+    assert result.exit_code == 2 and "holds files linearize did not write (my-notes.txt)" in result.output
+    assert (out / "my-notes.txt").read_text() == "mine"
+    result = CliRunner().invoke(main, ["convert", str(model_dir), "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "my-notes.txt").exists() and (out / "model.safetensors").is_file()
 
 
 def test_convert_command_writes_a_loadable_model(tmp_path):
@@ -142,14 +159,20 @@ def test_installed_entry_point_exit_code(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model path not found")
 
 
-def _tokenizer_dir(path: Path) -> None:
-    """A minimal word-level tokenizer saved next to a tiny model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+_tokenizer_dir = save_word_tokenizer  # used by other test modules
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(60)}, "<unk>": 63}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(path)
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["recipes"], ["convert", "--help"]])
+def test_help_version_and_recipes_import_no_torch(args):
+    """The console script answers these without torch or transformers (``linearize --help`` in well under 1 s)."""
+    code = (
+        "import atexit, sys\n"
+        f"sys.argv = ['linearize', *{args!r}]\n"
+        "atexit.register(lambda: print('HEAVY:', sorted(m for m in ('torch', 'transformers') if m in sys.modules)))\n"
+        "from linearize.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY: []" in proc.stdout, proc.stdout[-500:]
+    assert ("liger-gla" in proc.stdout) if args == ["recipes"] else True

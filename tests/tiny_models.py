@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     Gemma2Config,
@@ -50,3 +52,37 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
     model = model_cls(config)
     model.config._attn_implementation = "eager"
     return model.eval()
+
+
+def save_word_tokenizer(path: Path) -> None:
+    """A minimal word-level tokenizer (64 ids: <pad> <s> </s> w0..w59 <unk>) saved into ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(60)}, "<unk>": 63}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)
+
+
+def save_tiny_teacher(path: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    """A loadable teacher directory: a tiny random ``family`` model and a word-level tokenizer."""
+    path = Path(path)
+    tiny_model(family, seed=seed, **overrides).save_pretrained(path)
+    save_word_tokenizer(path)
+    return path
+
+
+def word_text(n_words: int, seed: int = 0, paragraph_every: int = 40) -> str:
+    """Text in the word tokenizer's vocabulary (w0..w59), a blank line every ``paragraph_every`` words."""
+    import random
+
+    rng = random.Random(seed)
+    words = []
+    for i in range(n_words):
+        words.append(f"w{(i * 7 + rng.randrange(3)) % 60}")
+        if (i + 1) % paragraph_every == 0:
+            words.append("\n\n")
+    return " ".join(words).replace(" \n\n ", "\n\n")

@@ -56,6 +56,10 @@ except Exception:  # noqa: BLE001 - no triton: everything falls back to the refe
 
 __all__ = ["hybrid_attention_kernel", "kernel_fallback_reason", "HybridAttentionFunction"]
 
+# Version of ``hybrid_attention_kernel``'s calling convention and state layout; checkpoints' shipped modeling
+# code uses these kernels only when it needs exactly this version (``modeling_linearized.find_installed_kernels``).
+KERNEL_INTERFACE_VERSION = 1
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # (compute capability, shared memory per block) of the GPU that ``offline_compile.use_target`` compiles for
 # without one; None otherwise.
