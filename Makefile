@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/linearize --out runs/demo
+	$(VENV)/bin/linearize --out runs/demo --resume
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import LinearizeError, OutputError, ResumeError
+from .errors import LinearizeError, OutputError, ResumeError, UnsupportedModelError
 from .offline_text import heldout_documents
 from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, locked
 from .perplexity import perplexity, tokenize_documents
@@ -81,13 +81,25 @@ class PipelineResult:
         return "\n".join(lines + [f"time: {times}"])
 
 
+def check_teacher(loaded: LoadedModel) -> None:
+    """A teacher is a supported family's softmax model, not a model converted already."""
+    check_supported(loaded.model)
+    linearization = getattr(loaded.model.config, "linearization", None)
+    if linearization is not None:
+        raise UnsupportedModelError(
+            f"{type(loaded.model).__name__} is already linearized (recipe {linearization.get('recipe')!r}): "
+            "give the teacher it was converted from"
+        )
+
+
 def convert(loaded: LoadedModel, recipe: Recipe) -> LoadedModel:
     """Convert a loaded teacher in place with ``recipe`` (checked against the model first)."""
-    check_supported(loaded.model)
+    check_teacher(loaded)
     recipe.check_model(loaded.model.config.num_hidden_layers, recipe_source(recipe))
-    # A local teacher is recorded by its path in memory (the model card reads its licence from there);
-    # save_model writes its name only.
-    teacher = str(loaded.local_path) if getattr(loaded, "local_path", None) is not None else loaded.name
+    # A local teacher directory is recorded by its path in memory (the model card reads its licence from its
+    # README); save_model writes its name only. Hub ids (the offline default's too) are recorded as they are.
+    local = getattr(loaded, "local_path", None)
+    teacher = str(local) if local is not None and Path(local).is_dir() else loaded.name
     linearize_model(
         loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=teacher,
         seed=recipe.seed,
@@ -242,6 +254,9 @@ def check_resume(run_dir: Path, current: dict) -> bool:
 
     found = False
     for stage in STAGES:
+        if (Path(run_dir) / stage / "checkpoint" / "meta.json").is_file():
+            raise ResumeError(f"{run_dir}/{stage}/checkpoint was written by an earlier linearize version and cannot be "
+                              "resumed; start over with --overwrite")
         meta = read_checkpoint_meta(run_dir, stage)
         if meta is None:
             continue
@@ -362,7 +377,7 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len,
     t0 = time.perf_counter()
     say(f"loading {model_spec or 'the offline default teacher'} ...")
     loaded = load_model(model_spec)
-    check_supported(loaded.model)
+    check_teacher(loaded)
     recipe.check_model(loaded.model.config.num_hidden_layers, recipe_source(recipe))
     result = PipelineResult(teacher=loaded.name, recipe=recipe.name, out_dir=Path(out_dir) if out_dir else None)
     device = accelerator.device if accelerator is not None else torch.device("cpu")

@@ -91,4 +91,10 @@ LOADING_CASES: list[Case] = [
          "{tmp}/one.txt: need at least 2 examples to split off a validation set, found 1; "
          "a .txt file is split into examples at blank lines",
          setup=_write("one.txt", word_text(400, paragraph_every=10_000))),
+    Case("teacher-already-converted", "an already converted model given as the teacher",
+         ("convert", "{converted}", "--out", "{tmp}/o"),
+         "LinearizedLlamaForCausalLM is already linearized (recipe 'liger-gla'): give the teacher it was converted from"),
+    Case("run-teacher-already-converted", "an already converted model given as the teacher of a run",
+         ("{converted}", "--tokens", "1024", "--out", "{tmp}/o"),
+         "LinearizedLlamaForCausalLM is already linearized (recipe 'liger-gla')"),
 ]

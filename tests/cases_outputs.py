@@ -108,6 +108,8 @@ OUTPUT_CASES: list[Case] = [
          "Directory '{tmp}/afile' is a file", setup=_a_file("afile")),
     Case("out-unwritable", "`--out` cannot be created", ("convert", "{teacher}", "--out", "{tmp}/afile/o"),
          "--out {tmp}/afile/o: cannot create it, {tmp}/afile is a file", setup=_a_file("afile")),
+    Case("out-not-writable", "`--out` where nothing can be written (`/proc`, as root too)",
+         ("convert", "{teacher}", "--out", "/proc/linearize-out"), "--out /proc/linearize-out: cannot write to /proc ("),
     Case("run-dir-holds-user-files", "`--run-dir` is a directory of the user's (with a transfer/ folder)",
          ("{teacher}", "--out", "{tmp}/o", "--run-dir", "{tmp}/exp", "--tokens", "1024"),
          "--run-dir {tmp}/exp: the directory is not an earlier linearize output (transfer/)", *_exp),

@@ -176,3 +176,28 @@ def test_help_version_and_recipes_import_no_torch(args):
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY: []" in proc.stdout, proc.stdout[-500:]
     assert ("liger-gla" in proc.stdout) if args == ["recipes"] else True
+
+
+def test_converted_config_names_the_teacher_by_hub_id_or_directory_name(tmp_path):
+    """The offline default (a GGUF file inside a package) is recorded by its Hub id; a local directory by its
+    name in the saved config (its path only in memory, where the model card reads the teacher's licence)."""
+    from linearize.export import save_model
+    from linearize.pipeline import convert
+    from linearize.teachers import LoadedModel
+
+    gguf = tmp_path / "SmolLM2.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    loaded = LoadedModel(tiny_model("llama"), None, "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2", local_path=gguf)
+    assert convert(loaded, load_recipe("liger-gla")).model.config.linearization["teacher"] == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    teacher_dir = tmp_path / "my-teacher"
+    teacher_dir.mkdir()
+    (teacher_dir / "README.md").write_text("---\nlicense: mit\n---\n")
+    loaded = LoadedModel(tiny_model("llama"), None, "my-teacher", str(teacher_dir), local_path=teacher_dir)
+    model = convert(loaded, load_recipe("liger-gla")).model
+    save_model(model, None, tmp_path / "out")
+    import json
+
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["linearization"]["teacher"] == "my-teacher"
+    assert "license: mit" in (tmp_path / "out" / "README.md").read_text()
