@@ -219,9 +219,13 @@ def _text_kind_error(path: Path | str, found: int) -> DataError:
 
 
 def check_source(source: str | None) -> None:
-    """Early checks of a local source, before any model loads: it exists, has a known type and is not
-    empty; every .jsonl line is a JSON object; .txt files hold at least 2 paragraphs. Hub ids pass."""
-    if is_offline(source) or not _looks_like_path(str(source)):
+    """Early checks of a source, before any model loads: a local one exists, has a known type and is not
+    empty; every .jsonl line is a JSON object; .txt files hold at least 2 paragraphs. A Hub dataset id
+    fails at once when the Hub cannot be reached (instead of spending a minute in download retries)."""
+    if is_offline(source):
+        return
+    if not _looks_like_path(str(source)):
+        check_hub_dataset(str(source))
         return
     kind, files = _local_files(str(source))
     if kind in ("json", "jsonl"):
@@ -279,6 +283,24 @@ def _open_rows(source: str | None, name: str) -> _Rows:
             f"could not load dataset {source!r}: {_first_line(err)} (offline? use --data offline or --data PATH)"
         ) from None
     return _Rows(table, list(table.column_names), "hub")
+
+
+def check_hub_dataset(dataset_id: str) -> None:
+    """Refuse a Hub dataset id at once when the Hub cannot answer (``HF_HUB_OFFLINE`` leaves the choice to
+    ``datasets``, which then reads its cache)."""
+    from huggingface_hub import constants
+
+    from .teachers import hub_unreachable
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    problem = hub_unreachable()
+    if problem is not None:
+        local = Path(dataset_id).expanduser().resolve()
+        raise DataError(
+            f"dataset {dataset_id!r}: no local path {local}, and the Hub ({constants.ENDPOINT}) is unreachable: "
+            f"{problem}; set HF_HUB_OFFLINE=1 to use a cached copy, or use --data offline or --data PATH"
+        )
 
 
 def _first_line(err: BaseException) -> str:

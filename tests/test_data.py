@@ -243,3 +243,20 @@ def test_data_identity_follows_the_files(tmp_path):
     after = data_identity(str(folder))
     assert after["files"]["a.txt"] == before["files"]["a.txt"]
     assert after["files"]["sub/b.txt"] != before["files"]["sub/b.txt"]
+
+
+def test_hub_dataset_with_the_hub_unreachable_fails_at_once(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub
+
+    from linearize.data import check_source
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"dataset 'someone/some-data': no local path .*the Hub \(http://127.0.0.1:9\) "
+                                        r"is unreachable.*HF_HUB_OFFLINE=1"):
+        check_source("someone/some-data")
+    assert time.perf_counter() - t0 < 5
