@@ -163,7 +163,7 @@ def test_second_heldout_source_is_different_text():
 def test_malformed_jsonl_names_the_file_the_line_and_the_parse_error(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"text": "one"}\n\n{"text": "two"}\n{"text": "three" "x"}\n' + '{"text": "more"}\n' * 10)
-    expected = rf"rows\.jsonl: line 4 is not valid JSON: Expecting ',' delimiter \(column 18\)"
+    expected = r"rows\.jsonl: line 4 is not valid JSON: Expecting ',' delimiter \(column 18\)"
     with pytest.raises(DataError, match=expected):
         check_source(str(path))
     with pytest.raises(DataError, match=expected):
