@@ -66,8 +66,9 @@ class LinearizeGroup(click.Group):
             click.echo(f"error: {_one_line(err)}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except Interrupted as stop:
-            for line in _interrupted_message(stop, ctx):
-                click.echo(line, err=True)
+            if _is_main_process():  # every process of a launch stops; one says how to continue
+                for line in _interrupted_message(stop, ctx):
+                    click.echo(line, err=True)
             ctx.exit(stop.exit_code)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

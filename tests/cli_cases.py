@@ -57,6 +57,10 @@ FAULTS = [
           130, "test_interruptions.py::test_sigint_in_stage_1_and_sigterm_in_stage_2_resume_to_the_uninterrupted_model"),
     Fault("SIGTERM (SLURM, Kubernetes preemption) during a training stage", "the same as SIGINT", 143,
           "test_interruptions.py::test_sigint_in_stage_1_and_sigterm_in_stage_2_resume_to_the_uninterrupted_model"),
+    Fault("SIGTERM to every process of a multi-process launch (DDP)",
+          "the processes agree on one step and write one checkpoint together; rank 0 says how to continue; "
+          "the same launch with `--resume` finishes with the uninterrupted model", 143,
+          "test_training.py::test_sigterm_to_a_two_process_launch_checkpoints_one_step_and_resumes_to_the_same_model"),
     Fault("SIGINT / SIGTERM outside training (loading, measuring, saving)",
           "stops at once; outputs are written whole or not at all; names the checkpoints a `--resume` continues from",
           "130 / 143", "test_interruptions.py::test_a_signal_outside_training_stops_at_once_and_writes_nothing"),

@@ -301,3 +301,65 @@ def test_fsdp2_on_the_kernels_reproduces_the_reference(tmp_path):
     # kernels' output is scaled by 1.001, while the losses move by only ~2e-6 (checked).
     assert _grad_norms(root / "fsdp2-kernels.train") == pytest.approx(_grad_norms(root / "single.train"), rel=1e-5)
     torch.testing.assert_close(_logits(root / "fsdp2-kernels"), _logits(root / "single"), rtol=1e-4, atol=1e-4)
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_sigterm_to_a_two_process_launch_checkpoints_one_step_and_resumes_to_the_same_model(tmp_path):
+    """SIGTERM to every process of a DDP launch (as SLURM sends it): the processes agree on one step, write one
+    checkpoint at it together and exit 143, rank 0 printing how to continue; the same launch with --resume
+    finishes with the model one process trains uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    steps = 12
+    settings = dict(tokens=64 * 4 * steps, seq_len=64, batch_size=4, checkpoint_every=0)
+    root = _lizard_run_setup(tmp_path, 2, {"recovery": settings})
+    args = ["train", str(root / "tiny"), "--recipe", str(root / "recipe.yaml"), "--data", str(root / "data.txt"),
+            "--out", str(root / "ddp"), "--run-dir", str(root / "ddp.train"), "--eval-tokens", "512"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              str(Path(__file__).with_name("distributed_cpu_launch.py"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launch, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=root)
+    deadline = time.time() + 240
+    while not any(r.get("step", 0) >= 2 and "loss" in r for r in _metrics_if_any(root / "ddp.train")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    from linearize.training import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(root / "ddp.train", "recovery")
+    assert meta is not None and 2 <= meta["step"] < steps, meta
+    assert stderr.count(f"interrupted by SIGTERM in stage recovery at step {meta['step']} of {steps}") == 1
+    assert "to continue: the same launch command with --resume" in stderr
+
+    resumed = subprocess.run([*launch, *args, "--resume"], capture_output=True, text=True, env=env, cwd=root,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"recovery: resuming from step {meta['step']}/{steps}" in resumed.stdout
+    assert _losses(root / "ddp.train") == pytest.approx(_losses(root / "single.train"), rel=1e-5)
+    torch.testing.assert_close(_logits(root / "ddp"), _logits(root / "single"), rtol=1e-5, atol=1e-5)
+
+
+def _metrics_if_any(run_dir) -> list[dict]:
+    try:
+        return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return []
