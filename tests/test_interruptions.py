@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -172,12 +173,10 @@ def test_resume_refuses_other_data_or_teacher_naming_each_difference(work, refer
     assert {p: p.read_bytes() for p in (tmp_path / "ref.train").rglob("*") if p.is_file()} == before
 
 
-def _write_checkpoints_forever(run_dir: Path, start: int, ready) -> None:
-    """In a forked child: write 12 MB checkpoints one after the other, reporting each finished step."""
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
     from accelerate import Accelerator
-
     from linearize.training import StageConfig, save_checkpoint
-
     model = torch.nn.Linear(1024, 1024)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for p in model.parameters():
@@ -186,25 +185,23 @@ def _write_checkpoints_forever(run_dir: Path, start: int, ready) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     cfg = StageConfig(stage="recovery", lr=1e-3, tokens=1 << 30, seq_len=8, batch_size=1)
     accelerator = Accelerator(cpu=True)
-    for step in range(start, start + 100000):
-        save_checkpoint(run_dir, cfg, model, optimizer, scheduler, step, accelerator)
-        ready.send(step)
+    for step in range(int(sys.argv[2]), int(sys.argv[2]) + 100000):
+        save_checkpoint(sys.argv[1], cfg, model, optimizer, scheduler, step, accelerator)
+        print(step, flush=True)
+""")
 
 
 def test_kill_9_while_writing_a_checkpoint_leaves_the_previous_one_valid(tmp_path):
-    import multiprocessing
-
-    fork = multiprocessing.get_context("fork")  # the child has torch already: no start-up cost
     run_dir = tmp_path / "run"
     for attempt, delay in enumerate((0.13, 0.29, 0.41)):
         start = 1 + attempt * 100000
-        receive, send = fork.Pipe(duplex=False)
-        child = fork.Process(target=_write_checkpoints_forever, args=(run_dir, start, send), daemon=True)
-        child.start()
-        assert receive.poll(60) and receive.recv() == start  # one checkpoint is complete
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run_dir), str(start)], stdout=subprocess.PIPE,
+                                text=True, env=ENV)
+        first = proc.stdout.readline()  # one checkpoint is complete
+        assert first.strip() == str(start), first
         time.sleep(delay)
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
         path = checkpoint_dir(run_dir, "recovery")
         assert path is not None
         meta = json.loads((path / "meta.json").read_text())
