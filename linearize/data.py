@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError  # defined with the other user errors; imported from here too
+from .errors import DataError, first_line  # DataError is defined with the other user errors; imported from here too
 
 OFFLINE_NAMES = ("offline", "pydoc")
 OFFLINE_NAME = "offline (pydoc topics)"
@@ -274,13 +274,13 @@ def _open_rows(source: str | None, name: str) -> _Rows:
         try:
             table = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
         except Exception as err:  # noqa: BLE001 - any reader failure is a data problem
-            raise DataError(f"could not read {source}: {_first_line(err)}") from None
+            raise DataError(f"could not read {source}: {first_line(err)}") from None
         return _Rows(table, list(table.column_names), kind)
     try:
         table = datasets.load_dataset(source, split="train")
     except Exception as err:  # noqa: BLE001
         raise DataError(
-            f"could not load dataset {source!r}: {_first_line(err)} (offline? use --data offline or --data PATH)"
+            f"could not load dataset {source!r}: {first_line(err)} (offline? use --data offline or --data PATH)"
         ) from None
     return _Rows(table, list(table.column_names), "hub")
 
@@ -302,10 +302,6 @@ def check_hub_dataset(dataset_id: str) -> None:
             f"{problem}; set HF_HUB_OFFLINE=1 to use a cached copy, or use --data offline or --data PATH"
         )
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _resolve_template(template: str, columns: Iterable[str], source: str) -> str:

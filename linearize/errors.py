@@ -5,6 +5,12 @@ before it decides whether a command needs the heavy libraries at all.
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class LinearizeError(Exception):
     """Expected failure caused by the user's input (a path, a recipe, a model)."""
 

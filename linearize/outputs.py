@@ -56,7 +56,8 @@ class OutputDir:
     flag: str
 
 
-def _describe(entries: list[Path], limit: int = 4) -> str:
+def describe_entries(entries: list[Path], limit: int = 4) -> str:
+    """'a.txt, photos/ and 3 more': directory entries for a message (directories end in /)."""
     names = [p.name + ("/" if p.is_dir() else "") for p in sorted(entries)]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -163,7 +164,7 @@ def check_output(
         if foreign is None or foreign:
             if not overwrite:
                 what = "is not an earlier linearize output" if foreign is None else "holds files linearize did not write"
-                listed = _describe(foreign if foreign else list(target.iterdir()))
+                listed = describe_entries(foreign if foreign else list(target.iterdir()))
                 raise OutputError(
                     f"{flag} {shown}: the directory {what} ({listed}); choose another {flag} or pass --overwrite to replace it"
                 )

@@ -25,7 +25,7 @@ import torch
 
 from .errors import LinearizeError, OutputError, ResumeError, UnsupportedModelError
 from .offline_text import heldout_documents
-from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, locked
+from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, describe_entries, locked
 from .perplexity import perplexity, tokenize_documents
 from .recipes import Recipe, recipe_source
 from .report import format_number
@@ -204,7 +204,7 @@ def prepare_run_dir(run: OutputDir, resume: bool, overwrite: bool) -> None:
     if resume or not stale:
         return
     if not overwrite:
-        state = f"checkpoints of an earlier run ({earlier})" if earlier else f"an earlier run ({_names(stale)})"
+        state = f"checkpoints of an earlier run ({earlier})" if earlier else f"an earlier run ({describe_entries(stale)})"
         raise OutputError(
             f"{run.flag} {run.path} holds {state}; continue it with --resume, or start over with --overwrite"
         )
@@ -215,10 +215,6 @@ def clear_run_dir(run_dir: Path) -> None:
     for name in RUN_FILES:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-
-
-def _names(paths: list[Path]) -> str:
-    return ", ".join(p.name + ("/" if p.is_dir() else "") for p in paths)
 
 
 def provenance(loaded: LoadedModel, data_source: str, recipe: Recipe, budget: str) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import ModelFileError, ModelNotFoundError
+from .errors import ModelFileError, ModelNotFoundError, first_line
 
 DEFAULT_TEACHER = "smollm2"
 DEFAULT_TEACHER_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -76,10 +76,6 @@ def _detach_quantizer(model: PreTrainedModel) -> None:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclass
@@ -143,7 +139,7 @@ def check_safetensors_files(directory: Path) -> None:
                 pass
         except Exception as err:  # noqa: BLE001 - SafetensorError and I/O errors alike mean an unusable file
             raise ModelFileError(
-                f"{path}: not a readable safetensors file (truncated or corrupt: {_first_line(err)})"
+                f"{path}: not a readable safetensors file (truncated or corrupt: {first_line(err)})"
             ) from None
 
 
@@ -161,7 +157,7 @@ def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
             get_session().head(constants.ENDPOINT, timeout=timeout)
             outcome.append(None)
         except Exception as err:  # noqa: BLE001 - every failure means the same thing here
-            outcome.append(_first_line(err))
+            outcome.append(first_line(err))
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
@@ -267,13 +263,13 @@ def load_model(spec: str | None = None, dtype: torch.dtype | None = None, device
         if target.local_path is None:
             raise ModelNotFoundError(
                 f"model {spec!r} not found: no local path {Path(spec).expanduser().resolve()}, "
-                f"and the Hub says: {_first_line(err)}"
+                f"and the Hub says: {first_line(err)}"
             ) from None
-        raise ModelNotFoundError(f"could not load model {spec!r}: {_first_line(err)}") from None
+        raise ModelNotFoundError(f"could not load model {spec!r}: {first_line(err)}") from None
     except SafetensorError as err:
-        raise ModelFileError(f"{where}: a weight file is not readable safetensors ({_first_line(err)})") from None
+        raise ModelFileError(f"{where}: a weight file is not readable safetensors ({first_line(err)})") from None
     except ValueError as err:  # transformers' word for a checkpoint it cannot use (architecture, format)
-        raise ModelFileError(f"{where}: transformers cannot load this model: {_first_line(err)}") from None
+        raise ModelFileError(f"{where}: transformers cannot load this model: {first_line(err)}") from None
     _detach_quantizer(model)
     if target.is_gguf:
         model = model.float() if dtype is None else model.to(dtype)
