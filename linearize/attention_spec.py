@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, fields
 FEATURE_MAPS = ("softmax", "hedgehog")
 GATES = ("key", "learned", "none")
 BRANCHES = ("hybrid", "linear", "window")
-MIXES = ("average", "learned", "shared")
+MIXES = ("average", "learned", "weighted-linear", "shared")
+LINEAR_SCALES = ("none", "rsqrt-head-dim")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class AttentionSpec:
     window: int = 64
     num_sinks: int = 0
     mix: str = "average"
+    linear_scale: str = "none"
+    linear_weight_init: float = 0.1
     window_factor_init: float = 0.1
     chunk_size: int = 16
     eps: float = 1e-6
@@ -39,6 +42,7 @@ class AttentionSpec:
         choice("feature_map", self.feature_map, FEATURE_MAPS)
         choice("gate", self.gate, GATES)
         choice("mix", self.mix, MIXES)
+        choice("linear_scale", self.linear_scale, LINEAR_SCALES)
         if self.branches != "linear" and self.window <= 0:
             raise ValueError(f"attention.window: must be > 0 when the window branch is used, got {self.window}")
         if self.num_sinks < 0:
@@ -47,12 +51,16 @@ class AttentionSpec:
             raise ValueError(f"attention.chunk_size: must be > 0, got {self.chunk_size}")
         if self.gate_scale <= 0:
             raise ValueError(f"attention.gate_scale: must be > 0, got {self.gate_scale}")
+        if self.linear_weight_init <= 0:
+            raise ValueError(f"attention.linear_weight_init: must be > 0, got {self.linear_weight_init}")
         if not 0.0 < self.window_factor_init < 1.0:
             raise ValueError(f"attention.window_factor_init: must be in (0, 1), got {self.window_factor_init}")
         if self.gate == "key" and self.feature_map != "softmax":
             raise ValueError("attention.gate: 'key' needs feature_map 'softmax' (one gate per key dimension)")
         if self.branches == "hybrid" and self.mix == "shared" and (self.gate != "none" or self.normalize):
             raise ValueError("attention.mix: 'shared' (LoLCATs) takes gate 'none' and normalize false")
+        if self.branches == "hybrid" and self.mix == "shared" and self.linear_scale != "none":
+            raise ValueError("attention.linear_scale: not defined for mix 'shared' (one normaliser for both parts)")
         if self.branches == "hybrid" and self.mix == "shared" and self.num_sinks:
             raise ValueError("attention.num_sinks: sinks are not defined for mix 'shared'")
 
@@ -63,6 +71,10 @@ class AttentionSpec:
     @property
     def has_window(self) -> bool:
         return self.branches != "linear"
+
+    def linear_factor(self, head_dim: int) -> float:
+        """The constant the linear branch's output is multiplied by (``linear_scale``)."""
+        return head_dim**-0.5 if self.linear_scale == "rsqrt-head-dim" else 1.0
 
     @property
     def shared(self) -> bool:

@@ -5,12 +5,14 @@ One module, configured by an :class:`AttentionSpec`, covers every variant of SPE
 =========  ===========  =======  =========  ======  =====  =======
 variant    feature map  gate     normalise  window  sinks  mix
 =========  ===========  =======  =========  ======  =====  =======
-liger-gla  softmax      key      no         64      0      average
-lizard     hedgehog     learned  yes        128     4      learned
+liger-gla  softmax      key      yes        64      0      average
+lizard     hedgehog     learned  yes        128     4      weighted-linear
 lolcats    hedgehog     none     (shared)   64      0      shared
 gla        any          any      any        0       0      (linear only)
 swa        -            -        -          w       any    (window only)
 =========  ===========  =======  =========  ======  =====  =======
+
+(The published formulations: liger-gla-paper unnormalised, lizard-paper with mix ``learned``.)
 
 It sees q/k/v after the teacher's projections (and q/k norms) in two versions: raw (for the
 feature maps and the gate) and rotated (for the window branch), plus the layer's hidden states
@@ -75,8 +77,10 @@ class HybridAttentionCore(nn.Module):
             nn.init.constant_(self.gate_proj.bias, 3.0)
         if spec.has_window and spec.num_sinks:
             self.sinks = nn.Parameter(torch.zeros(num_heads, spec.num_sinks))
-        if spec.branches == "hybrid" and spec.mix == "learned":
+        if spec.branches == "hybrid" and spec.mix == "learned":  # o = o_lin + alpha * o_win, alpha = 1 at start
             self.mix_alpha = nn.Parameter(torch.ones(num_heads))
+        if spec.branches == "hybrid" and spec.mix == "weighted-linear":  # o = a * o_lin + o_win, a small at start
+            self.linear_weight = nn.Parameter(torch.full((num_heads,), float(spec.linear_weight_init)))
         if spec.shared:
             init = spec.window_factor_init
             self.window_factor = nn.Parameter(torch.full((num_heads,), math.log(init / (1 - init))))
@@ -175,6 +179,9 @@ class HybridAttentionCore(nn.Module):
         o_lin = None
         if spec.has_linear and not spec.shared:
             o_lin = safe_divide(lin[..., :-1], lin[..., -1], spec.eps) if spec.normalize else lin
+            factor = spec.linear_factor(self.head_dim)
+            if factor != 1.0:
+                o_lin = o_lin * factor
         if not spec.has_window:
             return o_lin
         num, den, m = win
@@ -191,6 +198,9 @@ class HybridAttentionCore(nn.Module):
             return o_win
         if spec.mix == "average":
             return 0.5 * o_lin + 0.5 * o_win
+        if spec.mix == "weighted-linear":
+            weight = self._per_head(self.linear_weight)
+            return (weight[..., 0] if o_win.dim() == 4 else weight) * o_lin + o_win
         alpha = self._per_head(self.mix_alpha)
         if o_win.dim() == 4:
             alpha = alpha[..., 0]

@@ -167,7 +167,7 @@ def _training_options(default_budget: str):
             model_argument,
             recipe_option,
             click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Where to save the model."),
-            click.option("--data", default=None, help="Training data: 'offline' (pydoc topics), a .txt/.jsonl/.parquet "
+            click.option("--data", default=None, help="Training data: 'offline' (Python's own docs, ~1.2M tokens), a .txt/.jsonl/.parquet "
                          "file or directory, or a Hub dataset id. Default: offline for the demo budget, else the recipe's."),
             click.option("--budget", type=click.Choice(["auto", "demo", "paper"]), default=default_budget,
                          show_default=True, help="demo: minutes on a CPU; paper: the recipe's ~20M tokens per stage; "
@@ -180,8 +180,8 @@ def _training_options(default_budget: str):
             overwrite_option,
             dtype_option,
             click.option("--no-train", is_flag=True, help="Convert and measure only."),
-            click.option("--eval-tokens", default=4096, show_default=True, type=click.IntRange(min=512),
-                         help="Held-out tokens for perplexity (windows of 512)."),
+            click.option("--eval-tokens", default=8192, show_default=True, type=click.IntRange(min=512),
+                         help="Held-out tokens for perplexity, measured in windows of 512 and of 2048 tokens."),
         ]):
             f = option(f)
         return f

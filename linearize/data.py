@@ -2,7 +2,8 @@
 
 Sources (``--data`` / ``recipe.data.dataset``):
 
-* ``offline`` (alias ``pydoc``): the offline default corpus, Python's own documentation topics
+* ``offline`` (alias ``pydoc``): the offline default corpus, Python's own documentation: pydoc topics
+  and the standard library's docstrings and comments, ~1.2M tokens
   (:func:`linearize.offline_text.training_documents`; the held-out documents never appear here);
 * a local file or directory of ``.txt`` (one example per paragraph: a ``.txt`` file is split into
   examples at blank lines), ``.jsonl`` (one JSON object per line), ``.json`` or ``.parquet`` files;
@@ -55,7 +56,7 @@ import torch
 from .errors import DataError, first_line  # DataError is defined with the other user errors; imported from here too
 
 OFFLINE_NAMES = ("offline", "pydoc")
-OFFLINE_NAME = "offline (pydoc topics)"
+OFFLINE_NAME = "offline (Python docs)"
 IGNORE_INDEX = -100
 EXTENSIONS = {".txt": "text", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 ALWAYS_TOKENISED_CHARS = 1 << 20  # a budget never tokenises less training text than this (when there is as much)
@@ -111,7 +112,7 @@ class PackedData:
 class TrainingData:
     train: PackedData
     validation: PackedData
-    source: str  # the source's name: "offline (pydoc topics)", a file or directory name, a dataset id
+    source: str  # the source's name: "offline (Python docs)", a file or directory name, a dataset id
     template: str
     num_examples: int  # examples read (after max_samples), before the split
 
@@ -253,7 +254,7 @@ def _open_rows(source: str | None, name: str) -> _Rows:
     if is_offline(source):
         from .offline_text import training_documents
 
-        return _Rows([{"text": doc} for doc in training_documents()], ["text"], "offline")
+        return _Rows(({"text": doc} for doc in training_documents()), ["text"], "offline")
     source = str(source)
     local = _looks_like_path(source)
     if local:
@@ -543,13 +544,9 @@ def data_identity(source: str | None) -> dict:
     import hashlib
 
     if is_offline(source):
-        from .offline_text import training_documents
+        from .offline_text import training_identity
 
-        digest = hashlib.sha256()
-        for doc in training_documents():
-            digest.update(doc.encode())
-            digest.update(b"\0")
-        return {"offline": digest.hexdigest()}
+        return {"offline": training_identity()}
     source = str(source)
     if _looks_like_path(source):
         from .teachers import file_sha256

@@ -80,6 +80,7 @@ GATE_NAMES = {
 MIX_NAMES = {
     "average": "0.5 * linear + 0.5 * window",
     "learned": "linear + alpha * window, alpha learned per head",
+    "weighted-linear": "a * linear + window, a learned per head",
     "shared": "one normaliser over window softmax terms and linear terms (LoLCATs)",
 }
 
@@ -458,7 +459,8 @@ def render_model_card(
     if branches != "window":
         out.append(f"- **Feature map**: {ATTENTION_NAMES.get(spec.get('feature_map'), spec.get('feature_map'))}")
         gate = GATE_NAMES.get(spec.get("gate"), str(spec.get("gate"))).format(scale=f"{spec.get('gate_scale', 16):g}")
-        out.append(f"- **Gate**: {gate}" + ("; output normalised" if spec.get("normalize") else ""))
+        scaled = "; output scaled by 1/sqrt(head_dim)" if spec.get("linear_scale") == "rsqrt-head-dim" else ""
+        out.append(f"- **Gate**: {gate}" + ("; output normalised" if spec.get("normalize") else "") + scaled)
     if window:
         sinks = int(spec.get("num_sinks") or 0)
         sink_text = f", {sinks} learned sinks" if sinks else ""
@@ -491,19 +493,24 @@ def render_model_card(
     out += ["", "## Evaluation", ""]
     evaluated_tasks: set[str] = set()
     ppl = (report or {}).get("heldout_perplexity") or {}
+    by_length = (report or {}).get("heldout_perplexity_by_length") or {}
     other = (report or {}).get("other_source_perplexity") or {}
     if ppl:
-        out += ["Held-out perplexity (lower is better), measured by the linearize pipeline:", ""]
+        lengths = sorted({int(n) for reports in by_length.values() for n in reports})
+        columns = [f"held-out ppl @{n} tokens" for n in lengths] or ["held-out perplexity"]
         if other:
-            out += ["| model | held-out perplexity | second-source perplexity |", "|---|---|---|"]
-            out += [
-                f"| {stage} | {format_number(float(value))} | "
-                + (format_number(float(other[stage])) if stage in other else "-") + " |"
-                for stage, value in ppl.items()
-            ]
-        else:
-            out += ["| model | held-out perplexity |", "|---|---|"]
-            out += [f"| {stage} | {format_number(float(value))} |" for stage, value in ppl.items()]
+            columns.append("second-source perplexity")
+        out += ["Held-out perplexity (lower is better) at each context length, measured by the linearize pipeline:",
+                "", "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for stage, value in ppl.items():
+            if lengths:
+                cells = [format_number(float(by_length[stage][str(n)]["overall"])) if str(n) in by_length.get(stage, {})
+                         else "-" for n in lengths]
+            else:
+                cells = [format_number(float(value))]
+            if other:
+                cells.append(format_number(float(other[stage])) if stage in other else "-")
+            out.append(f"| {stage} | " + " | ".join(cells) + " |")
         out.append("")
     if eval_parsed and not eval_markdown:
         out += ["lm-eval results (accuracies in %):", "", _eval_table(eval_parsed), ""]

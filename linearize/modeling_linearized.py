@@ -164,7 +164,8 @@ class LinearizedAttention(nn.Module):
     ``attention_mode`` selects what the layer computes:
     * ``"hybrid"`` (default): the linearized attention;
     * ``"teacher"``: the teacher's own softmax attention with the same weights (distillation targets);
-    * ``"transfer"``: both; stores the MSE between them in ``self.transfer_loss`` and passes the
+    * ``"transfer"``: both; stores the MSE between them in ``self.transfer_loss`` (and the teacher output's
+      mean square in ``self.transfer_target_power``) and passes the
       teacher's output on, so every layer is trained on the teacher's hidden states (stage 1).
     """
 
@@ -184,6 +185,7 @@ class LinearizedAttention(nn.Module):
         self.core = HybridAttentionCore(spec, config.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim)
         self.attention_mode = "hybrid"
         self.transfer_loss: torch.Tensor | None = None
+        self.transfer_target_power: torch.Tensor | None = None  # mean square of the teacher's output
 
     @property
     def spec(self) -> AttentionSpec:
@@ -247,11 +249,15 @@ class LinearizedAttention(nn.Module):
                         q_rope, k_rope, v, self.scaling, key_valid, self.softcap, self.teacher_window
                     )
                 diff = (out.float() - target.float()) ** 2
+                power = target.detach().float() ** 2  # for the error relative to the target's size
                 if key_valid is not None:
                     diff = diff * key_valid[:, None, :, None]
-                    self.transfer_loss = diff.sum() / (key_valid.sum() * diff.shape[1] * diff.shape[-1]).clamp(min=1)
+                    count = (key_valid.sum() * diff.shape[1] * diff.shape[-1]).clamp(min=1)
+                    self.transfer_loss = diff.sum() / count
+                    self.transfer_target_power = (power * key_valid[:, None, :, None]).sum() / count
                 else:
                     self.transfer_loss = diff.mean()
+                    self.transfer_target_power = power.mean()
                 out = target
         out = out.transpose(1, 2).reshape(B, T, -1)
         return self.o_proj(out), None

@@ -43,7 +43,7 @@ MODEL_FILES = {
     "added_tokens.json",
 }
 # What a run directory and an evaluation directory hold (their markers list exactly these).
-RUN_FILES = ("metrics.jsonl", "loss.png", "transfer", "recovery")
+RUN_FILES = ("metrics.jsonl", "loss.png", "transfer", "recovery", "softmax_layers.json")
 EVAL_FILES = ("tasks", "results", "samples", "report.md", "summary.json")
 
 

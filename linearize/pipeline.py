@@ -26,7 +26,7 @@ import torch
 from .errors import LinearizeError, OutputError, ResumeError, UnsupportedModelError
 from .offline_text import heldout_documents
 from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, describe_entries, locked
-from .perplexity import perplexity, tokenize_documents
+from .perplexity import EVAL_LENGTHS, PerplexityReport, perplexity, perplexity_report, tokenize_documents
 from .recipes import Recipe, recipe_source
 from .report import format_number
 from .surgery import check_supported, linearize_model
@@ -46,7 +46,8 @@ class PipelineResult:
     teacher: str
     recipe: str
     out_dir: Path | None
-    perplexity: dict[str, float] = field(default_factory=dict)  # stage -> held-out perplexity
+    perplexity: dict[str, float] = field(default_factory=dict)  # stage -> held-out ppl at the first eval length
+    reports: dict[str, dict[int, PerplexityReport]] = field(default_factory=dict)  # stage -> length -> report
     other_perplexity: dict[str, float] = field(default_factory=dict)  # stage -> ppl on a second source
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
     training: dict = field(default_factory=dict)  # stage -> StageResult dict, plus data/budget
@@ -57,6 +58,10 @@ class PipelineResult:
             "teacher": self.teacher,
             "recipe": self.recipe,
             "heldout_perplexity": self.perplexity,
+            "heldout_perplexity_by_length": {
+                stage: {str(length): report.to_dict() for length, report in by_length.items()}
+                for stage, by_length in self.reports.items()
+            },
             "seconds": self.seconds,
         }
         if self.other_perplexity:
@@ -66,19 +71,37 @@ class PipelineResult:
         return out
 
     def table(self) -> str:
-        header = ("model", "held-out ppl") + (("licence-text ppl",) if self.other_perplexity else ())
+        """Held-out perplexity per model at each context length (and on the second source), then by
+        position at the longest length, then the time of each step."""
+        lengths = sorted({length for by_length in self.reports.values() for length in by_length})
+        header = ("model", *(f"held-out ppl @{length}" for length in lengths))
+        header += ("licence-text ppl",) if self.other_perplexity else ()
         rows = [header]
-        for k, v in self.perplexity.items():
-            row = (k, format_number(v))
+        for stage, by_length in self.reports.items():
+            row = (stage, *(format_number(by_length[n].overall) if n in by_length else "" for n in lengths))
             if self.other_perplexity:
-                other = self.other_perplexity.get(k)
+                other = self.other_perplexity.get(stage)
                 row += ("" if other is None else format_number(other),)
             rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-        lines.insert(1, "-" * len(lines[0]))
+        parts = [_aligned(rows)]
+        if lengths:
+            longest = lengths[-1]
+            buckets = next(iter(r[longest].by_position for r in self.reports.values() if longest in r), {})
+            rows = [(f"by position @{longest}", *buckets)]
+            for stage, by_length in self.reports.items():
+                if longest in by_length:
+                    rows.append((stage, *(format_number(v) for v in by_length[longest].by_position.values())))
+            parts.append(_aligned(rows))
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
-        return "\n".join(lines + [f"time: {times}"])
+        return "\n\n".join(parts) + f"\ntime: {times}"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
 
 
 def check_teacher(loaded: LoadedModel) -> None:
@@ -101,13 +124,13 @@ def convert(loaded: LoadedModel, recipe: Recipe) -> LoadedModel:
     local = getattr(loaded, "local_path", None)
     teacher = str(local) if local is not None and Path(local).is_dir() else loaded.name
     linearize_model(
-        loaded.model, recipe.attention.to_spec(), recipe.softmax_layers, recipe=recipe.name, teacher=teacher,
+        loaded.model, recipe.attention.to_spec(), recipe.fixed_softmax_layers, recipe=recipe.name, teacher=teacher,
         seed=recipe.seed,
     )
     return loaded
 
 
-def _merged_from_shards(peft_model, model_spec, recipe: Recipe, is_main: bool, device):
+def _merged_from_shards(peft_model, model_spec, recipe: Recipe, is_main: bool, device, auto_layers=None):
     """The merged model after FSDP training, on the main process (None elsewhere).
 
     FSDP2 shards parameters in place, so the trained model cannot simply be unwrapped: its full state
@@ -118,11 +141,52 @@ def _merged_from_shards(peft_model, model_spec, recipe: Recipe, is_main: bool, d
     if not is_main:
         return None
     plain = convert(load_model(model_spec), recipe).model
+    if auto_layers:
+        from .layer_selection import restore_softmax_layers
+
+        restore_softmax_layers(plain, auto_layers)
     for p in plain.parameters():
         p.requires_grad_(False)
     plain_peft = apply_lora(plain, recipe.recovery.lora)
     plain_peft.load_state_dict(full, strict=True)
     return merge_lora(plain_peft).to(device)
+
+
+AUTO_LAYERS_FILE = "softmax_layers.json"  # in the run directory: the layers softmax_layers: auto kept
+AUTO_LAYERS_WINDOWS = 16  # validation windows the per-layer transfer error is measured on
+
+
+def choose_and_restore_softmax_layers(model, recipe: Recipe, data, run_dir: Path, say, is_main: bool,
+                                      sync=lambda: None) -> list[int]:
+    """``softmax_layers: {auto: N}``: measure every linearized layer's relative transfer error on validation
+    windows, give the N worst back the teacher's attention, and record the choice in the run directory (a
+    resumed run reuses it, so its stage-2 checkpoints fit the model)."""
+    import json
+
+    from .layer_selection import choose_softmax_layers, relative_transfer_errors, restore_softmax_layers
+
+    path = Path(run_dir) / AUTO_LAYERS_FILE
+    chosen_before = path.is_file()
+    sync()  # every process has looked before the main one writes
+    if chosen_before:
+        layers = json.loads(path.read_text())["layers"]
+        say(f"softmax_layers auto: layers {layers}, as chosen before this resume")
+    else:
+        windows = data.validation.input_ids[:AUTO_LAYERS_WINDOWS]
+        if len(windows) == 0:
+            windows = data.train.input_ids[:AUTO_LAYERS_WINDOWS]
+        errors = relative_transfer_errors(model, windows)
+        count = recipe.auto_softmax_layers.count(len(model.model.layers))
+        layers = choose_softmax_layers(errors, count)
+        if is_main:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"layers": layers, "relative_transfer_error": errors}, indent=1))
+            tmp.replace(path)
+        worst = ", ".join(f"{i} ({errors[i]:.3g})" for i in layers)
+        say(f"softmax_layers auto: keeping softmax attention in layers {worst} (relative transfer error; "
+            f"median of all layers {sorted(errors.values())[len(errors) // 2]:.3g})")
+    restore_softmax_layers(model, layers)
+    return layers
 
 
 def heldout_tokens(tokenizer, max_tokens: int):
@@ -149,11 +213,11 @@ def apply_budget(recipe: Recipe, budget: str, tokens: int | None = None) -> Reci
         settings = getattr(recipe, stage)
         if settings is None:
             continue
-        change = dict(DEMO_BUDGET[stage]) if budget == "demo" else {}
+        if budget == "demo":
+            settings = recipe.demo.apply(stage, settings, DEMO_BUDGET[stage])
         if tokens is not None:
-            change["tokens"] = int(tokens)
-        if change:
-            updates[stage] = settings.model_copy(update=change)
+            settings = settings.model_copy(update={"tokens": int(tokens)})
+        updates[stage] = settings
     new = recipe.model_copy(update=updates)
     source = recipe_source(recipe)
     if source is not None:
@@ -177,7 +241,8 @@ def check_budget(recipe: Recipe, tokens: int | None) -> None:
         if settings.tokens < per_step:
             what = f"--tokens {tokens:,}" if tokens is not None else f"{stage}.tokens {settings.tokens:,}"
             raise LinearizeError(
-                f"{what} is less than one optimizer step of stage {stage} ({settings.batch_size} sequences x "
+                f"{what} is less than one optimizer step of stage {stage} ({settings.batch_size} "
+                f"sequence{'s' if settings.batch_size != 1 else ''} x "
                 f"{settings.seq_len} tokens = {per_step:,} tokens); give at least {per_step:,}"
             )
 
@@ -308,8 +373,8 @@ def run_pipeline(
     model_spec: str | None,
     recipe: Recipe,
     out_dir: str | Path | None,
-    eval_tokens: int = 4096,
-    eval_seq_len: int = 512,
+    eval_tokens: int = 8192,
+    eval_lengths: tuple[int, ...] = EVAL_LENGTHS,
     log=print,
     *,
     data: str | None = None,
@@ -350,11 +415,11 @@ def run_pipeline(
         for run in (o for o in outputs if o.kind == "run"):
             prepare_run_dir(run, resume, overwrite)
         accelerator = make_accelerator() if train else None
-        return _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len, log, data_source, budget,
+        return _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_lengths, log, data_source, budget,
                            resume, train, other_source, progress, overwrite, dtype, accelerator)
 
 
-def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len, log, data_source, budget, resume,
+def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_lengths, log, data_source, budget, resume,
                 train, other_source, progress, overwrite, dtype, accelerator) -> PipelineResult:
     from .data import license_documents, prepare_data
     from .export import save_model
@@ -406,24 +471,33 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len,
         result.training["data"] = training_data.describe()
 
     tokens_eval = heldout_tokens(loaded.tokenizer, eval_tokens)
+    # Context lengths the text and the model allow (a short --eval-tokens measures at that length).
+    longest = min(len(tokens_eval), getattr(loaded.model.config, "max_position_embeddings", None) or len(tokens_eval))
+    eval_lengths = tuple(n for n in eval_lengths if n <= longest) or (longest,)
     other_tokens = tokenize_documents(loaded.tokenizer, license_documents(), eval_tokens) if other_source else None
 
     def measure(name: str) -> None:
         t = time.perf_counter()
-        result.perplexity[name] = perplexity(loaded.model, tokens_eval, eval_seq_len, desc=f"{name} perplexity",
-                                             progress=progress and is_main)
+        show = progress and is_main
+        reports = {n: perplexity_report(loaded.model, tokens_eval, n, desc=f"{name} perplexity @{n}", progress=show)
+                   for n in eval_lengths}
+        result.reports[name] = reports
+        result.perplexity[name] = reports[eval_lengths[0]].overall
         if other_tokens is not None:
-            result.other_perplexity[name] = perplexity(loaded.model, other_tokens, eval_seq_len,
-                                                       desc=f"{name} perplexity (licences)", progress=progress and is_main)
+            result.other_perplexity[name] = perplexity(loaded.model, other_tokens, eval_lengths[0],
+                                                       desc=f"{name} perplexity (licences)", progress=show)
         result.seconds[f"eval {name}"] = time.perf_counter() - t
-        extra = f", licence text {format_number(result.other_perplexity[name])}" if name in result.other_perplexity else ""
-        say(f"{name} perplexity: held-out {format_number(result.perplexity[name])}{extra}")
+        at = ", ".join(f"{format_number(r.overall)} @{n}" for n, r in reports.items())
+        other = result.other_perplexity.get(name)
+        extra = f", licence text {format_number(other)}" if other is not None else ""
+        say(f"{name} perplexity: held-out {at}{extra}")
 
     measure("teacher")
     t0 = time.perf_counter()
     convert(loaded, recipe)
     result.seconds["convert"] = time.perf_counter() - t0
-    say(f"converted {len(loaded.model.model.layers) - len(recipe.softmax_layers)} layers with recipe {recipe.name}")
+    converted = len(loaded.model.model.layers) - len(recipe.fixed_softmax_layers)
+    say(f"converted {converted} layers with recipe {recipe.name}")
     measure("converted")
 
     if train:
@@ -439,6 +513,7 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len,
             return res
 
         model = loaded.model
+        auto_layers = None
         # Stage 1: attention transfer (only where the conversion added parameters).
         if recipe.transfer is not None and freeze_for_transfer(model) > 0:
             ts = recipe.transfer
@@ -457,6 +532,9 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len,
             say("stage 1: skipped (the conversion added no parameters)")
         else:
             say("stage 1: skipped (the recipe has no attention transfer)")
+        if recipe.auto_softmax_layers is not None:
+            auto_layers = choose_and_restore_softmax_layers(model, recipe, training_data, run_dir, say, is_main,
+                                                            accelerator.wait_for_everyone)
         for p in model.parameters():
             p.requires_grad_(False)
         # Stage 2: LoRA recovery, merged into the weights at the end.
@@ -468,7 +546,7 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_seq_len,
         say(f"stage 2: validation loss {format_loss(res.val_before)} -> {format_loss(res.val_after)} "
             f"in {res.seconds:.0f}s")
         if is_sharded(accelerator):
-            loaded.model = _merged_from_shards(peft_model, model_spec, recipe, is_main, device)
+            loaded.model = _merged_from_shards(peft_model, model_spec, recipe, is_main, device, auto_layers)
         else:
             loaded.model = merge_lora(peft_model)
         if is_main:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
@@ -36,7 +36,9 @@ class AttentionSettings(_Strict):
     normalize: bool = _SPEC.normalize
     window: int = _SPEC.window
     num_sinks: int = Field(_SPEC.num_sinks, ge=0)
-    mix: Literal["average", "learned", "shared"] = _SPEC.mix
+    mix: Literal["average", "learned", "weighted-linear", "shared"] = _SPEC.mix
+    linear_scale: Literal["none", "rsqrt-head-dim"] = _SPEC.linear_scale
+    linear_weight_init: PositiveFloat = _SPEC.linear_weight_init
     window_factor_init: float = Field(_SPEC.window_factor_init, gt=0.0, lt=1.0)
     chunk_size: PositiveInt = _SPEC.chunk_size
 
@@ -110,21 +112,79 @@ class DataSettings(_Strict):
     max_samples: PositiveInt | None = None
 
 
+class BudgetOverrides(_Strict):
+    """Stage settings a recipe sets for one budget, on top of the budget's sizes (only the keys given;
+    a nested key such as ``lora`` is replaced whole)."""
+
+    transfer: dict[str, Any] = Field(default_factory=dict)
+    recovery: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        for stage, model in (("transfer", TransferSettings), ("recovery", RecoverySettings)):
+            try:
+                model.model_validate({**model().model_dump(), **getattr(self, stage)})
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                msg = first["msg"].removeprefix("Value error, ")
+                msg = "unknown key" if first["type"] == "extra_forbidden" else msg
+                raise ValueError(f"{stage}.{key}: {msg}") from None
+        return self
+
+    def apply(self, stage: str, settings: TransferSettings | RecoverySettings, base: dict | None = None):
+        """``settings`` with ``base`` (the budget's sizes) and then this recipe's keys for ``stage``."""
+        change = {**(base or {}), **getattr(self, stage)}
+        if not change:
+            return settings
+        return type(settings).model_validate({**settings.model_dump(), **change})
+
+
+class AutoSoftmaxLayers(_Strict):
+    """Keep softmax attention in the layers whose linearized attention matches the teacher's worst, measured
+    after stage 1 (``softmax_layers: {auto: 2}`` keeps two layers, ``{auto: 0.1}`` a tenth of them)."""
+
+    auto: PositiveFloat
+
+    @field_validator("auto")
+    @classmethod
+    def _whole_or_fraction(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"a count of layers (a whole number) or a fraction below 1, got {value}")
+        return value
+
+    def count(self, num_layers: int) -> int:
+        """How many of ``num_layers`` layers keep softmax attention (at least one, never all)."""
+        n = round(self.auto * num_layers) if self.auto < 1 else int(self.auto)
+        return max(1, min(n, num_layers - 1))
+
+
 class Recipe(_Strict):
     """One linearization method end to end."""
 
     name: str
     description: str = ""
     attention: AttentionSettings = Field(default_factory=AttentionSettings)
-    softmax_layers: list[int] = Field(default_factory=list)
+    softmax_layers: list[int] | AutoSoftmaxLayers = Field(default_factory=list)
     transfer: TransferSettings | None = None
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    # What the recipe changes for the CPU demo budget (e.g. a learning rate measured at 65k tokens).
+    demo: BudgetOverrides = Field(default_factory=BudgetOverrides)
     seed: int = 0
+
+    @field_validator("softmax_layers", mode="before")
+    @classmethod
+    def _auto_needs_a_size(cls, value):
+        if value == "auto":
+            raise ValueError("give auto a count or a fraction of the layers: {auto: 2} or {auto: 0.1}")
+        return value
 
     @field_validator("softmax_layers")
     @classmethod
-    def _check_layers(cls, layers: list[int]) -> list[int]:
+    def _check_layers(cls, layers):
+        if isinstance(layers, AutoSoftmaxLayers):
+            return layers
         negative = [i for i in layers if i < 0]
         if negative:
             raise ValueError(f"negative layer index {negative}")
@@ -132,9 +192,21 @@ class Recipe(_Strict):
             raise ValueError("duplicate layer index")
         return layers
 
+    @property
+    def fixed_softmax_layers(self) -> list[int]:
+        """The layers the conversion keeps as softmax (none yet for ``auto``: chosen after stage 1)."""
+        return [] if isinstance(self.softmax_layers, AutoSoftmaxLayers) else list(self.softmax_layers)
+
+    @property
+    def auto_softmax_layers(self) -> AutoSoftmaxLayers | None:
+        return self.softmax_layers if isinstance(self.softmax_layers, AutoSoftmaxLayers) else None
+
     def check_model(self, num_layers: int, source: str | Path | None = None) -> None:
         """Raise :class:`RecipeError` if the recipe names a layer the model does not have."""
-        beyond = [i for i in self.softmax_layers if i >= num_layers]
+        if self.auto_softmax_layers is not None and num_layers < 2:
+            where = f"{source}: " if source else ""
+            raise RecipeError(f"{where}softmax_layers: auto needs a model of at least 2 layers")
+        beyond = [i for i in self.fixed_softmax_layers if i >= num_layers]
         if beyond:
             where = f"{source}: " if source else ""
             raise RecipeError(

@@ -12,8 +12,9 @@ B, H, HKV, D, HIDDEN = 2, 6, 2, 16, 32
 VARIANTS = {
     "liger-gla": AttentionSpec(window=8),
     "lizard": AttentionSpec(
-        feature_map="hedgehog", gate="learned", normalize=True, window=8, num_sinks=4, mix="learned"
+        feature_map="hedgehog", gate="learned", normalize=True, window=8, num_sinks=4, mix="weighted-linear"
     ),
+
     "lolcats": AttentionSpec(feature_map="hedgehog", gate="none", window=8, mix="shared"),
     "gla": AttentionSpec(branches="linear", window=0),
     "gla-learned-normalized": AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned", normalize=True),
@@ -89,11 +90,17 @@ def test_padding_never_reaches_the_state(variant):
 
 
 def test_shipped_recipes_match_the_spec_table():
-    """liger-gla, lizard and lolcats recipes configure the variants SPEC §2 describes."""
-    liger, lizard, lolcats = (load_recipe(n).attention.to_spec() for n in ("liger-gla", "lizard", "lolcats"))
-    assert (liger.feature_map, liger.gate, liger.gate_scale, liger.window, liger.mix) == ("softmax", "key", 16, 64, "average")
-    assert (lizard.feature_map, lizard.gate, lizard.normalize, lizard.window, lizard.num_sinks, lizard.mix) == (
-        "hedgehog", "learned", True, 128, 4, "learned")
+    """The shipped recipes configure the variants the README's table describes: the papers' formulations
+    (the -paper recipes), and liger-gla / lizard with their scaled or re-weighted linear branch."""
+    liger, lizard, lolcats, liger_paper, lizard_paper = (
+        load_recipe(n).attention.to_spec()
+        for n in ("liger-gla", "lizard", "lolcats", "liger-gla-paper", "lizard-paper"))
+    assert (liger_paper.feature_map, liger_paper.gate, liger_paper.gate_scale, liger_paper.window, liger_paper.mix,
+            liger_paper.linear_scale) == ("softmax", "key", 16, 64, "average", "none")
+    assert liger == AttentionSpec(**{**liger_paper.to_dict(), "normalize": True})
+    assert (lizard_paper.feature_map, lizard_paper.gate, lizard_paper.normalize, lizard_paper.window,
+            lizard_paper.num_sinks, lizard_paper.mix) == ("hedgehog", "learned", True, 128, 4, "learned")
+    assert lizard == AttentionSpec(**{**lizard_paper.to_dict(), "mix": "weighted-linear", "linear_weight_init": 0.1})
     assert (lolcats.feature_map, lolcats.gate, lolcats.window, lolcats.mix) == ("hedgehog", "none", 64, "shared")
 
 
@@ -115,6 +122,31 @@ def test_liger_gla_matches_its_formula_written_out():
         scores = x["q_rope"][b, h, t] @ x["k_rope"][b, kv, lo : t + 1].T * D**-0.5
         o_swa = scores.softmax(-1) @ x["v"][b, kv, lo : t + 1]
         assert torch.allclose(out[b, h, t], 0.5 * o_gla + 0.5 * o_swa, atol=1e-10)
+
+
+def test_scaled_and_weighted_linear_branches_match_their_formulas():
+    """linear_scale rsqrt-head-dim: o = 0.5 * o_gla / sqrt(D) + 0.5 * o_swa. Mix weighted-linear:
+    o = a_h * o_gla + o_swa (a from linear_weight_init); mix learned (Lizard's paper): o = o_gla + alpha_h * o_swa."""
+    x = _inputs(12)
+    outs = {}
+    for name, spec in {"plain": AttentionSpec(window=8, normalize=True),
+                       "scaled": AttentionSpec(window=8, normalize=True, linear_scale="rsqrt-head-dim"),
+                       "weighted": AttentionSpec(window=8, normalize=True, mix="weighted-linear",
+                                                 linear_weight_init=0.3),
+                       "learned": AttentionSpec(window=8, normalize=True, mix="learned"),
+                       "linear": AttentionSpec(branches="linear", normalize=True),
+                       "window": AttentionSpec(branches="window", window=8)}.items():
+        core = HybridAttentionCore(spec, HIDDEN, H, HKV, D).double()
+        if name == "learned":
+            with torch.no_grad():
+                core.mix_alpha.copy_(torch.linspace(0.5, 2.0, H))
+        with torch.no_grad():
+            outs[name], _ = core(**x, scale=D**-0.5)
+    o_gla, o_swa = outs["linear"], outs["window"]
+    torch.testing.assert_close(outs["plain"], 0.5 * o_gla + 0.5 * o_swa)
+    torch.testing.assert_close(outs["scaled"], 0.5 * o_gla / D**0.5 + 0.5 * o_swa)
+    torch.testing.assert_close(outs["weighted"], 0.3 * o_gla + o_swa)
+    torch.testing.assert_close(outs["learned"], o_gla + torch.linspace(0.5, 2.0, H).double().view(1, H, 1, 1) * o_swa)
 
 
 def test_unit_gate_is_ungated_linear_attention():

@@ -107,6 +107,43 @@ def test_offline_default_corpus_excludes_heldout_documents():
     assert not any(doc[:200] in text for doc in heldout_documents())
 
 
+def test_offline_corpus_is_over_a_million_tokens_split_by_document_before_tokenisation(smollm2):
+    """Pydoc topics and the standard library's documentation: over 1M tokens of training text for the offline
+    teacher's tokenizer, held-out documents chosen by their name, disjoint from the training ones in names and
+    in text, and enough of them for perplexity at 2048 tokens of context and the evaluation pack."""
+    from linearize.offline_text import is_heldout, named_documents, training_identity
+
+    train = list(named_documents(heldout=False))
+    held = list(named_documents(heldout=True))
+    count = lambda docs: sum(len(smollm2.tokenizer(text)["input_ids"]) for _, text in docs)  # noqa: E731
+    assert count(train) >= 1_000_000
+    assert count(held) >= 64 * 1024
+    train_names, held_names = {n for n, _ in train}, {n for n, _ in held}
+    assert not train_names & held_names
+    assert all(is_heldout(n) for n in held_names) and not any(is_heldout(n) for n in train_names)
+    assert any(n.startswith("pydoc:") for n in held_names) and any(":" not in n for n in held_names)
+    train_text = "\n".join(text for _, text in train)
+    assert not any(text[:300] in train_text for _, text in held)
+    assert "threading" in train_names | held_names  # a module's docstrings, read from its source
+    assert len(training_identity()) == 64
+
+
+def test_module_document_keeps_docstrings_and_comments_in_source_order():
+    from linearize.offline_text import module_document
+
+    source = (
+        '"""The module docstring, long enough to be kept as prose."""\n'
+        "# A comment block that explains what follows,\n# over two lines.\n"
+        "def f(a, b=2):\n    '''What f does, in a sentence of prose.'''\n    return a  # short\n"
+    )
+    assert module_document(source) == (
+        "The module docstring, long enough to be kept as prose.\n\n"
+        "A comment block that explains what follows, over two lines.\n\n"
+        "def f(a, b=2):\nWhat f does, in a sentence of prose."
+    )
+    assert module_document("def broken(:\n") == ""
+
+
 def test_pack_drops_the_remainder():
     packed = pack(list(range(10)), list(range(10)), 4)
     assert packed.input_ids.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -217,8 +254,9 @@ def test_max_tokens_reads_and_tokenises_only_what_the_budget_needs(tmp_path):
 def test_max_tokens_changes_nothing_when_the_budget_covers_the_data(tmp_path, source):
     if source == "file":
         source, _ = _paragraphs_file(tmp_path / "small.txt", 0.2)
+    budgets = (10**9,) if source == "offline" else (64 * 1024, 10**9)  # the demo's stage budget; more than the data
     whole = prepare_data(TOK, str(source), 128, seed=5)
-    for max_tokens in (64 * 1024, 10**9):  # the demo's stage budget; more than the data
+    for max_tokens in budgets:
         limited = prepare_data(TOK, str(source), 128, seed=5, max_tokens=max_tokens)
         for split in ("train", "validation"):
             assert torch.equal(getattr(limited, split).input_ids, getattr(whole, split).input_ids)

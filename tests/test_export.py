@@ -91,7 +91,10 @@ def saved(tmp_path_factory):
     out = {}
     for name, (family, recipe, softmax_layers) in CASES.items():
         model = converted(family, recipe, softmax_layers)
+        by_length = {stage: {str(n): {"seq_len": n, "overall": ppl - (2.5 if n == 2048 else 0), "by_position": {}}
+                             for n in (512, 2048)} for stage, ppl in (("teacher", 20.5), ("converted", 95.25))}
         report = {"teacher": TEACHER, "recipe": recipe, "heldout_perplexity": {"teacher": 20.5, "converted": 95.25},
+                  "heldout_perplexity_by_length": by_length,
                   "seconds": {"load": 1.0}, "training": {"tokens": 200_000, "seconds": 1800.0}}
         path = save_model(model, tokenizer, root / name, report=report)
         out[name] = (path, reference_outputs(model, tokenizer))
@@ -396,7 +399,8 @@ def test_model_card_content_and_metadata(saved):
     assert ModelCard(card).data.base_model == TEACHER  # the Hub's own parser reads the metadata
     assert "Liger gated linear attention" in card  # the recipe's description
     assert "200k (200,000) tokens" in card and "30.0 min" in card
-    assert "| teacher | 20.50 |" in card and "| converted | 95.25 |" in card
+    assert "| model | held-out ppl @512 tokens | held-out ppl @2048 tokens |" in card
+    assert "| teacher | 20.50 | 18.00 |" in card and "| converted | 95.25 | 92.75 |" in card
     assert "trust_remote_code=True" in card and "generate(" in card
     assert "last 64 tokens" in card  # recall beyond the window
     assert "**Not evaluated**" in card and "mmlu" in card

@@ -27,7 +27,7 @@ from linearize.outputs import DirectoryLock, lock_path
 from linearize.training import checkpoint_dir, read_checkpoint_meta
 
 EXE = str(Path(sys.executable).with_name("linearize"))
-STEPS = 12  # per stage: demo batches of 4 x 256 tokens
+STEPS = 12  # per stage: lizard's demo batches of 1 x 256 tokens
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "TQDM_DISABLE": "1"}
 
 
@@ -41,7 +41,7 @@ def work(tmp_path_factory):
 
 def command(work: Path, out: str, *extra: str) -> list[str]:
     return [EXE, str(work / "teacher"), "--recipe", "lizard", "--out", str(work / out), "--data", str(work / "data.txt"),
-            "--budget", "demo", "--tokens", str(STEPS * 1024), "--eval-tokens", "512", *extra]
+            "--budget", "demo", "--tokens", str(STEPS * 256), "--eval-tokens", "512", *extra]
 
 
 @pytest.fixture(scope="module")

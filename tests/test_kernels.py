@@ -57,13 +57,13 @@ def test_interpreter_is_on():
 
 # (branches, gate, T, window, D, H, HKV, pad)
 TRAIN_CASES = [
-    ("hybrid", "key", 300, 64, 64, 3, 1, True),     # Liger-GLA, long, G=3, padding
+    ("hybrid", "key", 200, 64, 64, 3, 1, True),     # Liger-GLA, long (4 chunks), G=3, padding
     ("hybrid", "key", 100, 128, 128, 2, 2, True),   # window 128, D 128, G=1, padding
     ("hybrid", "key", 17, 64, 128, 6, 2, False),    # short ragged T, D 128, G=3
     ("hybrid", "key", 1, 64, 64, 3, 1, False),      # T = 1 training
     ("linear", "key", 64, 64, 64, 3, 1, True),      # GLA only, key gate
     ("linear", "none", 100, 64, 128, 2, 2, False),  # GLA only, no gate
-    ("window", "key", 300, 128, 64, 3, 1, True),    # SWA only, window 128
+    ("window", "key", 200, 128, 64, 3, 1, True),    # SWA only, window 128 (keys leave it)
 ]
 
 
@@ -204,18 +204,25 @@ def test_prefill_then_decode(branches, window, D, H, HKV):
                 assert _rel(st[name], ref_st[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("variant", ["lolcats_state", "lolcats_window48", "softcap", "filled_window"])
+@pytest.mark.parametrize("variant", ["lolcats_state", "lolcats_window48", "softcap", "filled_window",
+                                     "linear_weight_near_zero"])
 def test_uncovered_variants_fall_back_to_reference(variant):
     """LoLCATs with a window that is no multiple of the chunk length / softcap / prefill on a non-empty cache /
-    LoLCATs prefill on a non-empty linear state: explicit reference, same results."""
+    LoLCATs prefill on a non-empty linear state / a linear weight the kernels would divide by near zero:
+    explicit reference, same results."""
     B, H, HKV, T, D = 2, 3, 1, 17, 64
     softcap, state = None, None
     if variant in ("lolcats_window48", "lolcats_state"):
         window = 48 if variant == "lolcats_window48" else 64
         spec = AttentionSpec(feature_map="hedgehog", gate="none", mix="shared", window=window)
+    elif variant == "linear_weight_near_zero":
+        spec = AttentionSpec(normalize=True, mix="weighted-linear")
     else:
         spec = AttentionSpec()
     core = HybridAttentionCore(spec, HIDDEN, H, HKV, D)
+    if variant == "linear_weight_near_zero":
+        with torch.no_grad():
+            core.linear_weight[1] = 1e-4
     q, k, v, hidden, cos, sin, key_valid = _inputs(B, H, HKV, T, D, True)
     if variant == "softcap":
         softcap = 30.0
@@ -235,7 +242,7 @@ def test_uncovered_variants_fall_back_to_reference(variant):
                       key_valid, softcap, state)
     assert torch.equal(out, ref)
     if state is None:
-        assert bool(params) == (variant == "lolcats_window48"), "LoLCATs carries learned parameters"
+        assert bool(params) == (variant in ("lolcats_window48", "linear_weight_near_zero")), "learned parameters"
         grads = torch.autograd.grad(out.square().sum(), leaves[:3] + params)
         ref_grads = torch.autograd.grad(ref.square().sum(), leaves[:3] + params)
         for g, rg in zip(grads, ref_grads):
@@ -243,6 +250,11 @@ def test_uncovered_variants_fall_back_to_reference(variant):
 
 
 LIZARD = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4, mix="learned")
+# The shipped lizard recipe: o = a * o_lin + o_win (the kernels run a * (o_lin + o_win / a)).
+LIZARD_WEIGHTED = AttentionSpec(feature_map="hedgehog", gate="learned", normalize=True, window=128, num_sinks=4,
+                                mix="weighted-linear")
+# The shipped liger-gla recipe's linear branch: normalised, and a constant factor (folded into the kernels' mix).
+LIGER_SCALED = AttentionSpec(normalize=True, linear_scale="rsqrt-head-dim")
 
 
 def _learned_core(spec, H, HKV, D, seed=0):
@@ -260,6 +272,8 @@ LEARNED_CASES = [
     ("lizard", LIZARD, 100, 64, 6, 2, True),            # G = 3, window 128, several chunks, padding
     ("lizard", LIZARD, 300, 32, 2, 1, True),            # long: chunk boundaries of states and gate grads
     ("lizard", LIZARD, 17, 128, 3, 3, False),           # D 128, short ragged T
+    ("lizard_weighted_linear", LIZARD_WEIGHTED, 100, 64, 6, 2, True),  # the gradient of a through 1 / a
+    ("liger_scaled_normalised", LIGER_SCALED, 64, 32, 3, 1, True),
     ("gla_hedgehog_learned_norm", AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned",
                                                 normalize=True), 64, 32, 3, 1, True),
     ("gla_key_norm", AttentionSpec(branches="linear", gate="key", normalize=True), 64, 32, 3, 1, True),

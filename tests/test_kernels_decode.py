@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from linearize.attention_variants import AttentionSpec, HybridAttentionCore
 from linearize.kernels import hybrid_attention_kernel, kernel_fallback_reason
-from test_kernels import HIDDEN, LIZARD, _inputs, _learned_core, _reference, _rel
+from test_kernels import HIDDEN, LIGER_SCALED, LIZARD, LIZARD_WEIGHTED, _inputs, _learned_core, _reference, _rel
 
 GLA_HH = AttentionSpec(branches="linear", feature_map="hedgehog", gate="learned", normalize=True)
 LOLCATS_W32 = AttentionSpec(feature_map="hedgehog", gate="none", window=32, mix="shared")
@@ -65,6 +65,8 @@ CASES = [
     ("lizard_w128", LIZARD, 64, 6, 2, (130,), 3),     # G = 3, window 128 full after the prefill
     ("lizard_w16", LIZARD_W16, 64, 3, 1, (37,), 4),   # window smaller than the prefill
     ("lizard_d128", LIZARD_W16, 128, 2, 2, (20,), 2),  # D 128: F = 256 hedgehog state
+    ("lizard_weighted_linear", LIZARD_WEIGHTED, 32, 3, 1, (130,), 2),
+    ("liger_scaled_normalised", LIGER_SCALED, 32, 3, 1, (70,), 2),
     ("gla_hh_learned_norm", GLA_HH, 64, 6, 2, (40, 21), 3),  # second prefill on a non-empty state (s0, z0)
     ("gla_key_norm", AttentionSpec(branches="linear", gate="key", normalize=True), 64, 3, 1, (40,), 3),
     ("swa_sinks", AttentionSpec(branches="window", window=32, num_sinks=4), 64, 3, 1, (40,), 3),

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from linearize.cli import main
+from linearize.attention_spec import AttentionSpec
 from linearize.recipes import RecipeError, load_recipe, shipped_recipes
 from tiny_models import save_word_tokenizer, tiny_model
 
@@ -26,6 +27,7 @@ def test_shipped_recipes_load_from_any_directory(tmp_path, monkeypatch):
     lizard = load_recipe("lizard")
     assert lizard.transfer is not None and lizard.transfer.lr == 1e-3
     assert lizard.recovery.lora.alpha == 16 and lizard.recovery.lr == 5e-4 and lizard.recovery.seq_len == 2048
+    assert {"liger-gla-paper", "lizard-paper"} <= set(shipped_recipes())
     liger = load_recipe("liger-gla")
     assert liger.transfer is None and liger.recovery.loss == "ce" and liger.recovery.lora.alpha == 8
     assert load_recipe("lolcats").transfer.lr == 1e-2
@@ -47,12 +49,44 @@ def test_recipe_by_path_with_defaults(tmp_path):
         ("softmax_layers: [-1]\n", r"r\.yaml: softmax_layers: negative"),
         ("recovery:\n  lora:\n    rank: 0\n", r"r\.yaml: recovery\.lora\.rank: .*greater than 0"),
         ("- a list\n", r"r\.yaml: a recipe is a mapping"),
+        ("demo:\n  recovery: {lrr: 1.0}\n", r"r\.yaml: demo: recovery\.lrr: unknown key"),
+        ("demo:\n  transfer: {batch_size: 0}\n", r"r\.yaml: demo: transfer\.batch_size: .*greater than 0"),
+        ("attention:\n  linear_scale: sqrt\n", r"r\.yaml: attention\.linear_scale: "),
+        ("attention:\n  mix: shared\n  gate: none\n  linear_scale: rsqrt-head-dim\n",
+         r"linear_scale: not defined for mix 'shared'"),
     ],
 )
 def test_bad_recipe_names_file_and_key(tmp_path, text, expected):
     path = _write(tmp_path, text)
     with pytest.raises(RecipeError, match=expected):
         load_recipe(str(path))
+
+
+def test_shipped_recipes_keep_the_published_formulations_beside_the_changed_ones():
+    """liger-gla and lizard differ from their papers in how the branches are scaled and mixed; the papers'
+    formulations stay reproducible as liger-gla-paper and lizard-paper, identical but for the name."""
+    for name in ("liger-gla", "lizard"):
+        changed, paper = load_recipe(name), load_recipe(f"{name}-paper")
+        assert changed.attention != paper.attention
+        assert paper.demo == type(paper.demo)()  # the paper recipes run the paper's settings on every budget
+        assert changed.recovery.model_dump() == paper.recovery.model_dump()  # same paper-budget training
+    assert load_recipe("liger-gla-paper").attention.to_spec() == AttentionSpec(window=64, mix="average")
+    assert load_recipe("lizard-paper").attention.mix == "learned"
+    assert load_recipe("lizard").attention.mix == "weighted-linear"
+
+
+def test_demo_budget_applies_the_recipes_own_settings_on_top_of_its_sizes():
+    from linearize.pipeline import DEMO_BUDGET, apply_budget
+
+    lizard = load_recipe("lizard")
+    demo = apply_budget(lizard, "demo")
+    assert demo.recovery.tokens == DEMO_BUDGET["recovery"]["tokens"] and demo.recovery.seq_len == 256
+    assert (demo.recovery.lr, demo.recovery.batch_size, demo.recovery.schedule) == (1e-3, 1, "constant")
+    assert (demo.transfer.lr, demo.transfer.batch_size) == (1e-2, 1)
+    assert apply_budget(lizard, "paper").recovery == lizard.recovery  # the paper budget is the recipe's
+    assert apply_budget(lizard, "demo", tokens=512).recovery.tokens == 512
+    paper = apply_budget(load_recipe("lizard-paper"), "demo")
+    assert (paper.recovery.lr, paper.recovery.batch_size) == (5e-4, DEMO_BUDGET["recovery"]["batch_size"])
 
 
 def test_unknown_recipe_name_lists_shipped_ones():

@@ -123,18 +123,48 @@ def test_auto_classes_are_registered():
     assert linearize.SUPPORTED_FAMILIES == ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
 
-@pytest.mark.parametrize("recipe", ["liger-gla", "lizard", "lolcats"])
-def test_real_offline_teacher_converts_with_each_recipe(smollm2, recipe):
+# Freshly converted offline teacher, before any training: held-out perplexity over the teacher's on 512 tokens
+# (upper bound), and how much that ratio may grow from positions 64-256 to 256-512 (length stability; None: not
+# claimed). Measured 2026-12-07: liger-gla 6.0 (growth 1.0), lizard 1.4 (1.1), swa 3.0, gla 158, lolcats 66.
+# A window alone (swa) cannot use what is older than the window, so its ratio grows with the context as the
+# teacher's perplexity falls; gla (no window) and lolcats (unnormalised linear terms outweigh its window as the
+# context grows) start far off and need training. The published formulations start orders of magnitude off,
+# which is why the shipped liger-gla and lizard differ from them.
+CONVERTED_BOUNDS = {
+    "liger-gla": (8.0, 1.3), "lizard": (2.0, 1.3), "swa": (4.0, None), "gla": (250.0, None), "lolcats": (100.0, None),
+}
+PUBLISHED_AT_LEAST = {"liger-gla-paper": 1000.0, "lizard-paper": 1000.0}
+
+
+@pytest.fixture(scope="module")
+def heldout_512(smollm2):
+    from linearize.perplexity import perplexity_report
+    from linearize.pipeline import heldout_tokens
+
+    tokens = heldout_tokens(smollm2.tokenizer, 512)
+    return tokens, perplexity_report(smollm2.model, tokens, 512, progress=False)
+
+
+@pytest.mark.parametrize("recipe", sorted(CONVERTED_BOUNDS) + sorted(PUBLISHED_AT_LEAST))
+def test_real_offline_teacher_converted_starts_near_the_teacher(smollm2, heldout_512, recipe):
+    from linearize.perplexity import perplexity_report
+
     loaded = copy.copy(smollm2)
     loaded.model = copy.deepcopy(smollm2.model)
     convert(loaded, load_recipe(recipe))
     assert type(loaded.model).__name__ == "LinearizedLlamaForCausalLM"
     assert sum(isinstance(m, LinearizedAttention) for m in loaded.model.modules()) == 30
-    ids = smollm2.tokenizer("Linear attention keeps a constant-size state.", return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = loaded.model(ids, use_cache=False).logits
-    assert logits.shape == (1, ids.shape[1], 49152)
-    assert torch.isfinite(logits).all()
+    tokens, teacher = heldout_512
+    converted = perplexity_report(loaded.model, tokens, 512, progress=False)
+    ratio = converted.overall / teacher.overall
+    by_position = {k: converted.by_position[k] / teacher.by_position[k] for k in teacher.by_position}
+    if recipe in PUBLISHED_AT_LEAST:
+        assert ratio >= PUBLISHED_AT_LEAST[recipe], (ratio, by_position)
+        return
+    bound, growth = CONVERTED_BOUNDS[recipe]
+    assert ratio <= bound, (ratio, by_position)
+    if growth is not None:
+        assert by_position["256-1024"] <= growth * by_position["64-256"], by_position
 
 
 def test_new_parameters_are_seeded_and_leave_the_global_rng_alone():

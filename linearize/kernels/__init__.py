@@ -118,6 +118,8 @@ def kernel_fallback_reason(core, q_raw, k_raw, v, softcap=None, state=None) -> s
         chunk = lolcats_config(D, _on_gpu(q_raw))["BT"]
         if spec.window % chunk:
             return f"LoLCATs kernels need a window that is a multiple of the chunk length ({chunk})"
+    if _weighted_linear(spec) and bool((core.linear_weight.detach().abs() < 1e-3).any()):
+        return "mix 'weighted-linear' with a head's linear weight below 1e-3 (the kernels divide by it)"
     if spec.has_window:
         if spec.num_sinks and not _is_pow2(spec.num_sinks):
             return f"{spec.num_sinks} sinks (kernels need a power of two)"
@@ -163,14 +165,31 @@ class _Flags(NamedTuple):
     mix_win: float
 
 
-def _flags(spec) -> _Flags:
+def _flags(spec, head_dim: int | None = None) -> _Flags:
+    """Compile-time switches and mixing constants of ``spec``. Mix ``weighted-linear`` (``a * o_lin + o_win``)
+    runs as ``a * (o_lin + (1/a) * o_win)``: the kernels take ``1/a`` as the window's per-head weight and the
+    caller multiplies by ``a`` (:func:`_weight_output`). The linear branch's constant factor (``linear_scale``)
+    folds into ``mix_lin``; it needs ``head_dim`` (without it the factor is left out, for launch tables)."""
     has_lin, has_win = spec.has_linear, spec.has_window
     hybrid = has_lin and has_win
-    mixp = hybrid and spec.mix == "learned"
+    mixp = hybrid and spec.mix in ("learned", "weighted-linear")
     gate = {"key": 1, "learned": 2}.get(spec.gate, 0) if has_lin else 0
     fmap = 1 if (has_lin and spec.feature_map == "hedgehog") else 0
+    # Checkpoints' shipped specs from before linear_scale existed have no linear_factor (factor 1).
+    factor = spec.linear_factor(head_dim) if head_dim and hasattr(spec, "linear_factor") else 1.0
     return _Flags(has_lin, has_win, gate, fmap, has_lin and spec.normalize, spec.num_sinks if has_win else 0, mixp,
-                  0.5 if (hybrid and not mixp) else 1.0, 0.5 if hybrid else 1.0)
+                  (0.5 if (hybrid and not mixp) else 1.0) * factor, 0.5 if hybrid else 1.0)
+
+
+def _weighted_linear(spec) -> bool:
+    return spec.has_linear and spec.has_window and spec.mix == "weighted-linear"
+
+
+def _weight_output(core, out: torch.Tensor) -> torch.Tensor:
+    """Mix ``weighted-linear``: the kernels computed ``o_lin + (1/a) o_win``; the output is ``a`` times that."""
+    if not _weighted_linear(core.spec):
+        return out
+    return out * core.linear_weight.to(out.dtype).view(1, -1, 1, 1)
 
 
 class _Blocks(NamedTuple):
@@ -348,7 +367,7 @@ def _fwd(q, k, v, cos, sin, valid, spec, scale, P, s0=None, want_state=False):
     HKV = k.shape[1]
     G = H // HKV
     DV = v.shape[-1]
-    f = _flags(spec)
+    f = _flags(spec, D)
     cuda = _on_gpu(q)
     blk = _blocks(f, cuda)
     NT = triton.cdiv(T, blk.BT)
@@ -393,7 +412,7 @@ class HybridAttentionFunction(torch.autograd.Function):
         B, H, T, D = q.shape
         HKV, DV = k.shape[1], v.shape[-1]
         G = H // HKV
-        f = _flags(spec)
+        f = _flags(spec, D)
         F = 2 * D if f.fmap else D
         cuda = _on_gpu(q)
         blk = _blocks(f, cuda)
@@ -480,7 +499,7 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
     B, H, _, D = q.shape
     HKV = k.shape[1]
     G, DV = H // HKV, v.shape[-1]
-    f = _flags(spec)
+    f = _flags(spec, D)
     P = _state_params(core, None)
     q, k, v = _lastdim_contig(q), _lastdim_contig(k), _lastdim_contig(v)
     cos, sin, scb, _ = _cos_sin(cos, sin, B, 1, D)
@@ -512,7 +531,7 @@ def _decode(core, q, k, v, cos, sin, hidden, key_valid, scale, state):
         G=G, D=D, DV=DV, W=W, HAS_LIN=f.has_lin, HAS_WIN=f.has_win, GATE=f.gate, FMAP=f.fmap, NORM=f.norm,
         NS=f.ns, MIXP=f.mixp, HAS_KV=key_valid is not None, **cfg,
     )
-    return o, new_state
+    return _weight_output(core, o), new_state
 
 
 def _reference(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, softcap, state):
@@ -535,7 +554,7 @@ def _learned_inputs(core, hidden):
     if f.fmap:
         wq, wk = core.feature_map_q.weight, core.feature_map_k.weight
     if f.mixp:
-        alpha = core.mix_alpha
+        alpha = 1.0 / core.linear_weight if _weighted_linear(core.spec) else core.mix_alpha
     if f.ns:
         sinks = core.sinks
     return lg, wq, wk, alpha, sinks
@@ -575,7 +594,7 @@ def run_kernels(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, 
     if state is None:
         learned = _learned_inputs(core, hidden)
         out = HybridAttentionFunction.apply(q_raw, k_raw, v, cos, sin, valid, spec, scale, *learned)
-        return out, None
+        return _weight_output(core, out), None
     # Prefill into a fresh state (checked: empty window buffer, no grad).
     if spec.shared:
         return _prefill_lolcats(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid, state)
@@ -586,7 +605,7 @@ def run_kernels(core, q_raw, k_raw, v, cos, sin, hidden, scale, key_valid=None, 
     new_state = _window_tail(state, k_raw, v, cos, sin, key_valid, spec.window) if spec.has_window else {}
     if spec.has_linear:
         new_state["linear"] = st
-    return out, new_state
+    return _weight_output(core, out), new_state
 
 
 def _key_valid_or_ones(key_valid, B: int, device) -> torch.Tensor:
