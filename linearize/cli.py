@@ -135,9 +135,13 @@ def _interrupted_message(stop: Interrupted, ctx) -> list[str]:
     return [f"interrupted by {stop.signal_name}; nothing was written (outputs are written whole or not at all)"]
 
 
+# The recipe of ``linearize`` without --recipe: the shipped recipe closest to its teacher at the demo budget
+# (docs/training.md, "Benchmark").
+DEFAULT_RECIPE = "lizard"
+
 model_argument = click.argument("model", required=False, default=None)
 recipe_option = click.option(
-    "--recipe", "recipe_name", default="liger-gla", show_default=True, help="Shipped recipe name or path to a YAML file."
+    "--recipe", "recipe_name", default=DEFAULT_RECIPE, show_default=True, help="Shipped recipe name or path to a YAML file."
 )
 overwrite_option = click.option(
     "--overwrite", is_flag=True,

@@ -127,7 +127,7 @@ OUTPUT_CASES: list[Case] = [
     Case("tokens-negative", "`--tokens -5`", ("{teacher}", "--tokens", "-5"),
          "Invalid value for '--tokens': -5 is not in the range x>=1"),
     Case("tokens-below-one-step", "a budget smaller than one optimizer step", ("{teacher}", "--tokens", "100"),
-         "--tokens 100 is less than one optimizer step of stage recovery (1 sequence x 256 tokens = 256 tokens)"),
+         "--tokens 100 is less than one optimizer step of stage transfer (1 sequence x 256 tokens = 256 tokens)"),
     Case("eval-limit-negative", "`eval --limit -3`", ("eval", "{converted}", "--limit", "-3"),
          "Invalid value for '--limit': -3.0 is not in the range x>=0"),
     Case("mistyped-command", "a mistyped subcommand", ("recipe",), "no such command 'recipe'; did you mean 'recipes'?"),

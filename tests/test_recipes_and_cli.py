@@ -80,9 +80,12 @@ def test_demo_budget_applies_the_recipes_own_settings_on_top_of_its_sizes():
 
     lizard = load_recipe("lizard")
     demo = apply_budget(lizard, "demo")
-    assert demo.recovery.tokens == DEMO_BUDGET["recovery"]["tokens"] and demo.recovery.seq_len == 256
+    # lizard's demo: block sets its tokens (the default recipe's job fits 10 minutes); the sequence length is the budget's.
+    assert (demo.transfer.tokens, demo.recovery.tokens) == (4096, 32768) and demo.recovery.seq_len == 256
     assert (demo.recovery.lr, demo.recovery.batch_size, demo.recovery.schedule) == (1e-3, 1, "constant")
     assert (demo.transfer.lr, demo.transfer.batch_size) == (1e-2, 1)
+    liger = apply_budget(load_recipe("liger-gla"), "demo")  # no tokens in its demo: block: the budget's
+    assert liger.recovery.tokens == DEMO_BUDGET["recovery"]["tokens"] and liger.recovery.batch_size == 1
     assert apply_budget(lizard, "paper").recovery == lizard.recovery  # the paper budget is the recipe's
     assert apply_budget(lizard, "demo", tokens=512).recovery.tokens == 512
     paper = apply_budget(load_recipe("lizard-paper"), "demo")
