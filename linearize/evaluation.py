@@ -27,6 +27,7 @@ MMLU 5-shot), ``paper`` (all six; they need the Hub's datasets), or any other lm
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import subprocess
@@ -57,6 +58,14 @@ class UnknownTaskError(LinearizeError):
     """A task name neither in the pack, nor an alias, nor known to lm-eval."""
 
 
+@functools.lru_cache(maxsize=1)
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task name lm-eval's index knows (built once per process: indexing its task folders takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)
+
+
 def resolve_tasks(spec: str | list[str] | None) -> list[str]:
     """Expand a comma-separated task list (aliases included) into task names, checked.
 
@@ -75,9 +84,7 @@ def resolve_tasks(spec: str | list[str] | None) -> list[str]:
                 names.append(name)
     others = [n for n in names if n not in PACK_TASKS and n not in PAPER_TASKS]
     if others:
-        from lm_eval.tasks import TaskManager
-
-        known = set(TaskManager().all_tasks)
+        known = lm_eval_task_names()
         unknown = [n for n in others if n not in known]
         if unknown:
             raise UnknownTaskError(

@@ -96,3 +96,22 @@ def perplexity(model, tokens: torch.Tensor, seq_len: int = 512, batch_size: int 
                desc: str = "perplexity", progress: bool = True) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of ``seq_len`` tokens."""
     return perplexity_report(model, tokens, seq_len, batch_size, desc, progress).overall
+
+
+def length_stability(student: PerplexityReport, teacher: PerplexityReport, train_len: int) -> tuple[float, float] | None:
+    """(student / teacher perplexity over the positions inside the training length, the worst bucket's ratio
+    beyond it). A model that holds past the length it was trained at has the second no larger than the first.
+    Buckets that straddle ``train_len`` count on neither side; None when one side has no bucket."""
+
+    def span(name: str) -> tuple[int, int]:
+        lo, hi = (int(x) for x in name.split("-"))
+        return lo, min(hi, student.seq_len - 1)
+
+    inside = [name for name in student.by_position if span(name)[1] <= train_len]
+    beyond = [name for name in student.by_position if span(name)[0] >= train_len]
+    if not inside or not beyond:
+        return None
+    widths = {name: span(name)[1] - span(name)[0] for name in inside}
+    log_ratio = sum(w * math.log(student.by_position[n] / teacher.by_position[n]) for n, w in widths.items())
+    inside_ratio = math.exp(log_ratio / sum(widths.values()))
+    return inside_ratio, max(student.by_position[n] / teacher.by_position[n] for n in beyond)

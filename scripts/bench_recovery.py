@@ -71,15 +71,16 @@ def run_one(name: str, tokens: int | None, eval_tokens: int, recall_examples: in
     from transformers import AutoModelForCausalLM
 
     import linearize  # noqa: F401  (registers the converted classes)
-    from linearize.pipeline import run_pipeline
+    from linearize.pipeline import apply_budget, run_pipeline
 
     t0 = time.perf_counter()
     if name == "teacher+lora":
         row = _teacher_lora(tokens, eval_tokens, recall_examples)
     else:
+        recipe = bench_recipe(name)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "model"
-            result = run_pipeline(None, bench_recipe(name), out, eval_tokens=eval_tokens, budget="demo", tokens=tokens,
+            result = run_pipeline(None, recipe, out, eval_tokens=eval_tokens, budget="demo", tokens=tokens,
                                   data="offline", run_dir=Path(tmp) / "run", other_source=True, progress=False)
             chosen = Path(tmp) / "run" / "softmax_layers.json"  # softmax_layers: {auto: N}
             kept = json.loads(chosen.read_text())["layers"] if chosen.is_file() else None
@@ -99,6 +100,7 @@ def run_one(name: str, tokens: int | None, eval_tokens: int, recall_examples: in
             "val_loss": [training["recovery"]["val_before"], training["recovery"]["val_after"]],
             "recall": recall,
             "softmax_layers": kept,
+            "train_len": apply_budget(recipe, "demo", tokens).recovery.seq_len,
         }
     row.update(
         recipe=Path(name).stem if name.endswith((".yaml", ".yml")) else name,
@@ -175,16 +177,21 @@ def table(rows: list[dict]) -> str:
 
 
 def position_table(rows: list[dict], length: str = "2048") -> str:
-    """Recovered perplexity over the teacher's, by position bucket at ``length`` tokens of context."""
+    """Recovered perplexity over the teacher's, by position bucket at ``length`` tokens of context, and the worst
+    bucket beyond the training length over the ratio inside it (the target: at most 1.1)."""
+    from linearize.perplexity import PerplexityReport, length_stability
+
     buckets = next((list(r["reports"]["teacher"][length]["by_position"]) for r in rows
                     if length in r["reports"].get("teacher", {})), [])
-    lines = ["| recipe | " + " | ".join(buckets) + " |", "|" + "---|" * (len(buckets) + 1)]
+    lines = ["| recipe | " + " | ".join(buckets) + " | worst beyond / inside |", "|" + "---|" * (len(buckets) + 2)]
     for r in rows:
         teacher, rec = r["reports"].get("teacher", {}).get(length), r["reports"].get("recovered", {}).get(length)
         if not teacher or not rec:
             continue
         cells = [f"{rec['by_position'][b]:.2f} ({rec['by_position'][b] / teacher['by_position'][b]:.2f}x)"
                  for b in buckets]
+        stability = length_stability(PerplexityReport(**rec), PerplexityReport(**teacher), r.get("train_len", 256))
+        cells.append(f"{stability[1] / stability[0]:.2f}" if stability else "-")
         lines.append(f"| {r['recipe']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from linearize.perplexity import perplexity, perplexity_report
+from linearize.perplexity import PerplexityReport, length_stability, perplexity, perplexity_report
 from tiny_models import tiny_model
 
 
@@ -80,3 +80,16 @@ def test_the_main_jobs_table_shows_both_lengths_and_the_positions_at_the_longest
     assert lines[8].split() == ["recovered", "41.00", "21.00", "16.00", "18.60"]
     by_length = result.to_dict()["heldout_perplexity_by_length"]
     assert by_length["recovered"]["2048"]["by_position"]["1024-2048"] == pytest.approx(18.6)
+
+
+def test_length_stability_compares_the_worst_bucket_beyond_the_training_length_with_the_ratio_inside_it():
+    teacher = PerplexityReport(2048, 2047, 12.0, {"0-64": 48.0, "64-256": 12.0, "256-1024": 9.0, "1024-2048": 13.0})
+    student = PerplexityReport(2048, 2047, 13.0, {"0-64": 48.0 * 1.5, "64-256": 12.0, "256-1024": 9.0 * 1.2,
+                                                  "1024-2048": 13.0 * 1.1})
+    inside, beyond = length_stability(student, teacher, 256)
+    assert inside == pytest.approx(1.5 ** (64 / 256))  # token-weighted over positions 0-255
+    assert beyond == pytest.approx(1.2)
+    inside, beyond = length_stability(student, teacher, 1024)  # 256-1024 now inside
+    assert inside == pytest.approx(math.exp((64 * math.log(1.5) + 768 * math.log(1.2)) / 1024)) and beyond == pytest.approx(1.1)
+    assert length_stability(student, teacher, 2048) is None  # nothing beyond
+    assert length_stability(student, teacher, 100) == pytest.approx((1.5, 1.2))  # 64-256 straddles: on neither side
