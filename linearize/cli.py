@@ -272,10 +272,12 @@ def recipes_command():
     from importlib import resources
 
     folder = resources.files("linearize") / "recipes"
-    for item in sorted(folder.iterdir(), key=lambda p: p.name):
-        if item.name.endswith(".yaml"):
-            description = (yaml.safe_load(item.read_text()) or {}).get("description", "")
-            click.echo(f"{item.name[:-5]:<12} {description}")
+    items = sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name[:-5])
+    width = max(len(p.name) - 5 for p in items)
+    for item in items:
+        name = item.name[:-5]
+        description = (yaml.safe_load(item.read_text()) or {}).get("description", "")
+        click.echo(f"{name:<{width}}  {'(default) ' if name == DEFAULT_RECIPE else ''}{description}")
 
 
 @main.command("push")

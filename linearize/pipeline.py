@@ -26,7 +26,14 @@ import torch
 from .errors import LinearizeError, OutputError, ResumeError, UnsupportedModelError
 from .offline_text import heldout_documents
 from .outputs import RUN_FILES, OutputDir, check_distinct, check_output, describe_entries, locked
-from .perplexity import EVAL_LENGTHS, PerplexityReport, perplexity, perplexity_report, tokenize_documents
+from .perplexity import (
+    EVAL_LENGTHS,
+    PerplexityReport,
+    length_stability,
+    perplexity,
+    perplexity_report,
+    tokenize_documents,
+)
 from .recipes import Recipe, recipe_source
 from .report import format_number
 from .surgery import check_supported, linearize_model
@@ -52,6 +59,7 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
     training: dict = field(default_factory=dict)  # stage -> StageResult dict, plus data/budget
     run_dir: Path | None = None
+    train_len: int | None = None  # tokens of context stage 2 trained at (None: not trained)
 
     def to_dict(self) -> dict:
         out = {
@@ -92,6 +100,13 @@ class PipelineResult:
                 if longest in by_length:
                     rows.append((stage, *(format_number(v) for v in by_length[longest].by_position.values())))
             parts.append(_aligned(rows))
+            stability = None
+            if self.train_len and all(longest in self.reports.get(s, {}) for s in ("teacher", "recovered")):
+                stability = length_stability(self.reports["recovered"][longest], self.reports["teacher"][longest],
+                                             self.train_len)
+            if stability:
+                parts[-1] += (f"\nrecovered / teacher: {stability[0]:.2f}x inside the training length "
+                              f"({self.train_len} tokens), {stability[1]:.2f}x in the worst bucket beyond it")
         times = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
         return "\n\n".join(parts) + f"\ntime: {times}"
 
@@ -540,6 +555,7 @@ def _run_locked(model_spec, recipe, out_dir, run_dir, eval_tokens, eval_lengths,
         # Stage 2: LoRA recovery, merged into the weights at the end.
         rs = recipe.recovery
         cfg = StageConfig.from_settings("recovery", rs, seed=recipe.seed)
+        result.train_len = rs.seq_len
         torch.manual_seed(recipe.seed)
         peft_model = apply_lora(model, rs.lora)
         res = run_stage("stage 2 recovery", peft_model, cfg, training_data)

@@ -29,10 +29,10 @@ VARIANTS: dict[str, dict] = {
     "loss mix": {"loss": "mix"},
     "lr / 3": {"lr_factor": 1 / 3},
     "lr x 3": {"lr_factor": 3.0},
-    "cosine, 10% warm-up": {"schedule": "cosine", "warmup_ratio": 0.1},
+    "cosine + 10% warm-up": {"schedule": "cosine", "warmup_ratio": 0.1},
     "4 sequences per step": {"batch_size": 4},
     "LoRA rank 16": {"lora": {"rank": 16}},
-    "LoRA on q, k, v, o": {"lora": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
+    "LoRA on q k v o": {"lora": {"targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "training length 512": {"seq_len": 512},
     "no stage 1": {"no_stage_1": True},
 }

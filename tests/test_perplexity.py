@@ -65,7 +65,7 @@ def test_the_main_jobs_table_shows_both_lengths_and_the_positions_at_the_longest
     from linearize.perplexity import PerplexityReport
     from linearize.pipeline import PipelineResult
 
-    result = PipelineResult(teacher="t", recipe="r", out_dir=None)
+    result = PipelineResult(teacher="t", recipe="r", out_dir=None, train_len=256)
     for stage, scale in (("teacher", 1.0), ("recovered", 1.2)):
         result.reports[stage] = {
             512: PerplexityReport(512, 100, 20.0 * scale, {"0-64": 40.0 * scale, "64-256": 20.0, "256-1024": 15.0}),
@@ -78,6 +78,8 @@ def test_the_main_jobs_table_shows_both_lengths_and_the_positions_at_the_longest
     assert lines[2].split() == ["teacher", "20.00", "17.00"] and lines[3].split() == ["recovered", "24.00", "20.40"]
     assert lines[5].split() == ["by", "position", "@2048", "0-64", "64-256", "256-1024", "1024-2048"]
     assert lines[8].split() == ["recovered", "41.00", "21.00", "16.00", "18.60"]
+    # Inside the training length (0-256) the two agree; beyond it the worst bucket is 1024-2048, 1.2x.
+    assert lines[9] == "recovered / teacher: 1.00x inside the training length (256 tokens), 1.20x in the worst bucket beyond it"
     by_length = result.to_dict()["heldout_perplexity_by_length"]
     assert by_length["recovered"]["2048"]["by_position"]["1024-2048"] == pytest.approx(18.6)
 

@@ -212,7 +212,10 @@ def test_help_version_and_recipes_import_no_torch(args):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY: []" in proc.stdout, proc.stdout[-500:]
-    assert ("liger-gla" in proc.stdout) if args == ["recipes"] else True
+    if args == ["recipes"]:
+        lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip() and "HEAVY" not in line}
+        assert {"liger-gla", "liger-gla-paper", "lizard", "lolcats"} <= set(lines)
+        assert [name for name, line in lines.items() if "(default)" in line] == ["lizard"]
 
 
 def test_converted_config_names_the_teacher_by_hub_id_or_directory_name(tmp_path):
