@@ -103,8 +103,10 @@ def length_stability(student: PerplexityReport, teacher: PerplexityReport, train
     beyond it). A model that holds past the length it was trained at has the second no larger than the first.
     Buckets that straddle ``train_len`` count on neither side; None when one side has no bucket."""
 
+    spans = {bucket_name(lo, hi): (lo, hi) for lo, hi in POSITION_BUCKETS}
+
     def span(name: str) -> tuple[int, int]:
-        lo, hi = (int(x) for x in name.split("-"))
+        lo, hi = spans[name]
         return lo, min(hi, student.seq_len - 1)
 
     inside = [name for name in student.by_position if span(name)[1] <= train_len]

@@ -100,10 +100,8 @@ class PipelineResult:
                 if longest in by_length:
                     rows.append((stage, *(format_number(v) for v in by_length[longest].by_position.values())))
             parts.append(_aligned(rows))
-            stability = None
-            if self.train_len and all(longest in self.reports.get(s, {}) for s in ("teacher", "recovered")):
-                stability = length_stability(self.reports["recovered"][longest], self.reports["teacher"][longest],
-                                             self.train_len)
+            teacher, recovered = (self.reports.get(s, {}).get(longest) for s in ("teacher", "recovered"))
+            stability = length_stability(recovered, teacher, self.train_len) if teacher and recovered and self.train_len else None
             if stability:
                 parts[-1] += (f"\nrecovered / teacher: {stability[0]:.2f}x inside the training length "
                               f"({self.train_len} tokens), {stability[1]:.2f}x in the worst bucket beyond it")
